@@ -1,0 +1,1 @@
+"""LEAP-serve public contracts (generated from protos/)."""

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the leap.v1 contracts (do not edit)."""

@@ -1,0 +1,1 @@
+"""The LEAP orchestrator: drives environment, student, teacher and trainer services through LEAP."""

@@ -1,0 +1,1 @@
+"""LEAP-serve services: one folder per service, shared plumbing in `services.runtime`."""

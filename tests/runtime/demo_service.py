@@ -1,0 +1,46 @@
+"""A small servicer used to test the shared runtime through a real generated service.
+
+ListEnvironments raises a plain exception (-> INTERNAL), ListTasks raises a ServiceError,
+Step sleeps for `float(action)` seconds then answers (for drain and deadline tests).
+Run as a script it serves on a free port and writes the port to argv[1].
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from leap.v1 import environment_pb2 as pb
+from leap.v1 import environment_pb2_grpc as pb_grpc
+from services.runtime.config import ServerConfig
+from services.runtime.errors import NotFound
+from services.runtime.server import Registration, ServiceHost, serve_forever
+
+NAME = "leap.v1.EnvironmentService"
+
+
+class DemoServicer(pb_grpc.EnvironmentServiceServicer):
+    def ListEnvironments(self, request, context):
+        raise RuntimeError("boom: the demo handler failed")
+
+    def ListTasks(self, request, context):
+        raise NotFound(f"unknown environment {request.env!r}; valid names: demo")
+
+    def Step(self, request, context):
+        time.sleep(float(request.action))
+        return pb.StepResponse(observation=pb.Observation(text=f"slept {request.action}"))
+
+
+def registrations() -> list[Registration]:
+    return [Registration(NAME, pb_grpc.add_EnvironmentServiceServicer_to_server, DemoServicer())]
+
+
+def start_in_process(**overrides) -> ServiceHost:
+    host = ServiceHost(ServerConfig(port=0, **overrides), registrations(), label="demo")
+    host.start()
+    return host
+
+
+if __name__ == "__main__":
+    serve_forever(ServerConfig(port=0, port_file=sys.argv[1], grace_seconds=10.0, log_format="text"),
+                  registrations(), label="demo")
