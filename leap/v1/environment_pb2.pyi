@@ -220,14 +220,16 @@ class ExpertActionsRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[_common_pb2.TaskRef, _Mapping]] = ..., actions: _Optional[_Iterable[str]] = ..., expert: _Optional[_Union[ExpertKind, str]] = ...) -> None: ...
 
 class ExpertActionsResponse(_message.Message):
-    __slots__ = ("next_action", "plan", "already_won")
+    __slots__ = ("next_action", "plan", "already_won", "rationale")
     NEXT_ACTION_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
     ALREADY_WON_FIELD_NUMBER: _ClassVar[int]
+    RATIONALE_FIELD_NUMBER: _ClassVar[int]
     next_action: str
     plan: _containers.RepeatedScalarFieldContainer[str]
     already_won: bool
-    def __init__(self, next_action: _Optional[str] = ..., plan: _Optional[_Iterable[str]] = ..., already_won: _Optional[bool] = ...) -> None: ...
+    rationale: str
+    def __init__(self, next_action: _Optional[str] = ..., plan: _Optional[_Iterable[str]] = ..., already_won: _Optional[bool] = ..., rationale: _Optional[str] = ...) -> None: ...
 
 class DemonstrationRequest(_message.Message):
     __slots__ = ("task", "expert", "horizon")
