@@ -1,4 +1,5 @@
 from leap.v1 import common_pb2 as _common_pb2
+from leap.v1 import environment_pb2 as _environment_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -90,6 +91,18 @@ class Annotation(_message.Message):
     reasons: _containers.RepeatedScalarFieldContainer[str]
     usage: Usage
     def __init__(self, ok: _Optional[bool] = ..., error: _Optional[str] = ..., reasons: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class DemonstrateRequest(_message.Message):
+    __slots__ = ("task", "expert", "horizon", "annotate")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    EXPERT_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_FIELD_NUMBER: _ClassVar[int]
+    ANNOTATE_FIELD_NUMBER: _ClassVar[int]
+    task: _common_pb2.TaskRef
+    expert: _environment_pb2.ExpertKind
+    horizon: int
+    annotate: bool
+    def __init__(self, task: _Optional[_Union[_common_pb2.TaskRef, _Mapping]] = ..., expert: _Optional[_Union[_environment_pb2.ExpertKind, str]] = ..., horizon: _Optional[int] = ..., annotate: _Optional[bool] = ...) -> None: ...
 
 class GetTeacherInfoRequest(_message.Message):
     __slots__ = ()

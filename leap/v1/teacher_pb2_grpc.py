@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from leap.v1 import common_pb2 as leap_dot_v1_dot_common__pb2
 from leap.v1 import teacher_pb2 as leap_dot_v1_dot_teacher__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -45,6 +46,11 @@ class TeacherServiceStub:
                 request_serializer=leap_dot_v1_dot_teacher__pb2.AnnotateRequest.SerializeToString,
                 response_deserializer=leap_dot_v1_dot_teacher__pb2.Annotation.FromString,
                 _registered_method=True)
+        self.Demonstrate = channel.unary_unary(
+                '/leap.v1.TeacherService/Demonstrate',
+                request_serializer=leap_dot_v1_dot_teacher__pb2.DemonstrateRequest.SerializeToString,
+                response_deserializer=leap_dot_v1_dot_common__pb2.Trajectory.FromString,
+                _registered_method=True)
         self.GetTeacherInfo = channel.unary_unary(
                 '/leap.v1.TeacherService/GetTeacherInfo',
                 request_serializer=leap_dot_v1_dot_teacher__pb2.GetTeacherInfoRequest.SerializeToString,
@@ -73,6 +79,15 @@ class TeacherServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Demonstrate(self, request, context):
+        """Plays an expert of the environment on a task and returns the demonstration, with a reason on
+        every step when annotate is set (LEAP's iteration-0 BC data). The teacher is the only party that
+        holds the privileged credential, so callers ask it rather than the environment.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTeacherInfo(self, request, context):
         """Describes the teacher backend.
         """
@@ -92,6 +107,11 @@ def add_TeacherServiceServicer_to_server(servicer, server):
                     servicer.Annotate,
                     request_deserializer=leap_dot_v1_dot_teacher__pb2.AnnotateRequest.FromString,
                     response_serializer=leap_dot_v1_dot_teacher__pb2.Annotation.SerializeToString,
+            ),
+            'Demonstrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Demonstrate,
+                    request_deserializer=leap_dot_v1_dot_teacher__pb2.DemonstrateRequest.FromString,
+                    response_serializer=leap_dot_v1_dot_common__pb2.Trajectory.SerializeToString,
             ),
             'GetTeacherInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTeacherInfo,
@@ -154,6 +174,33 @@ class TeacherService:
             '/leap.v1.TeacherService/Annotate',
             leap_dot_v1_dot_teacher__pb2.AnnotateRequest.SerializeToString,
             leap_dot_v1_dot_teacher__pb2.Annotation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Demonstrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/leap.v1.TeacherService/Demonstrate',
+            leap_dot_v1_dot_teacher__pb2.DemonstrateRequest.SerializeToString,
+            leap_dot_v1_dot_common__pb2.Trajectory.FromString,
             options,
             channel_credentials,
             insecure,
