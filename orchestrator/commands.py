@@ -1,0 +1,93 @@
+"""`leap run` and `leap report`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+
+def configure(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser("run", help="run LEAP end to end (starts the services it needs)",
+                         description="Run LEAP: baseline, BC (iteration 0), LEAP iterations, evaluation, report. "
+                                     "Services without an address in the config are started locally.")
+    run.add_argument("--config", help="YAML run config (overrides the preset)")
+    run.add_argument("--preset", help="named preset: default (the full run) or smoke (a tiny one)")
+    run.add_argument("--run-dir", help="where the run is written (default runs/<preset>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run at its first unfinished phase")
+    run.add_argument("--platform", choices=["local", "kubernetes"], default="local",
+                     help="local: start/use services by address; kubernetes: trainer Jobs and replica hot swap "
+                          "through the Kubernetes API")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=cmd_run)
+
+    report = sub.add_parser("report", help="print the results table of a run again")
+    report.add_argument("run_dir")
+    report.set_defaults(func=cmd_report)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from orchestrator.config import load_config
+    from orchestrator.episodes import ServiceStubs
+    from orchestrator.launcher import LocalServices
+    from orchestrator.loop import LeapRun
+    from orchestrator.progress import ProgressReporter
+    from orchestrator.report import print_report
+    from services.runtime.logs import configure_logging
+
+    configure_logging("warning", "text")
+    console = Console()
+    if args.resume:
+        run_dir = Path(args.resume)
+        snapshot = run_dir / "config.yaml"
+        if not snapshot.exists():
+            console.print(f"[red]{run_dir} is not a run directory (no config.yaml)")
+            return 2
+        config = load_config(args.config or snapshot)
+    else:
+        config = load_config(args.config, args.preset)
+        run_dir = Path(args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    LeapRun.prepare_run_dir(run_dir, config, resume=bool(args.resume))
+    reporter = ProgressReporter(console, enabled=not args.quiet)
+    reporter.note(f"[bold]LEAP run[/] {config.name} -> {run_dir}")
+    services = LocalServices(run_dir)
+    started = time.monotonic()
+    try:
+        with console.status("starting services (the student loads its model)..."):
+            addresses = services.start(config)
+        reporter.note("services: " + ", ".join(f"{k} {v}" for k, v in addresses.items()))
+        stubs = ServiceStubs(addresses)
+        try:
+            leap = LeapRun(config, run_dir, stubs, reporter)
+            if args.platform == "kubernetes":
+                from orchestrator.platforms.kubernetes import attach_to_run
+
+                attach_to_run(leap)
+            results = leap.run()
+        finally:
+            stubs.close()
+    finally:
+        services.stop()
+    print_report(results, console)
+    console.print(f"took {time.monotonic() - started:.0f}s; results: {run_dir / 'results.md'}, "
+                  f"plot: {run_dir / 'results.png'}")
+    logging.getLogger("leap").info("run finished")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from orchestrator.config import load_config
+    from orchestrator.report import collect_results, print_report
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").exists():
+        Console().print(f"[red]{run_dir} is not a run directory (no config.yaml)")
+        return 2
+    config = load_config(run_dir / "config.yaml")
+    print_report(collect_results(run_dir, config), Console())
+    return 0

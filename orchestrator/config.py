@@ -1,0 +1,135 @@
+"""Run configuration: a YAML file, a named preset, or both (the file overrides the preset).
+
+Every field has a default; `leap run` with no flags uses the `default` preset. Addresses left empty
+mean "start that service locally on a free loopback port"; set them to use services running
+elsewhere (another machine, a cluster).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class EnvironmentConfig:
+    name: str = "household"
+    address: str = ""
+    horizon: int = 20
+    train_split: str = "train"
+    eval_splits: list[str] = field(default_factory=lambda: ["valid_unseen"])
+    eval_tasks: int = 50          # first N tasks of each eval split
+    demo_tasks: int = 100         # training tasks demonstrated for BC (iteration 0)
+    rollout_tasks: int = 100      # training tasks rolled out per LEAP iteration
+    demo_offset: int = 0          # index of the first demo task in the train split
+    rollout_offset: int = 1000    # index of the first rollout task (disjoint from the demos)
+
+
+@dataclass
+class StudentConfig:
+    model: str = "smollm2"
+    address: str = ""
+    device: str = "cpu"
+    max_new_tokens: int = 48
+    rollout_temperature: float = 0.3
+    eval_temperature: float = 0.0
+    history_window: int = 4
+    max_batch_size: int = 16
+    max_wait_ms: int = 20
+
+
+@dataclass
+class TeacherConfig:
+    backend: str = "oracle"
+    address: str = ""
+    realizability_level: int = 50
+    llm_endpoint: str = ""
+    llm_model: str = ""
+
+
+@dataclass
+class TrainerConfig:
+    address: str = ""
+    method: str = "sft"            # sft | dpo | kto for iterations >= 1 (iteration 0 is always SFT)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    learning_rate: float = 3e-4
+    epochs: float = 1.0
+    batch_size: int = 8
+    max_length: int = 512
+    max_steps: int = 0
+    beta: float = 0.1
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    seed: int = 0
+    iterations: int = 2               # LEAP iterations after BC (iteration 0)
+    concurrency: int = 16             # episodes in flight at once
+    keep_unchanged_steps: bool = False  # keep steps the teacher did not change in the SFT data
+    environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        problems = []
+        if self.iterations < 0:
+            problems.append("iterations must be >= 0")
+        if self.teacher.realizability_level not in (0, 25, 50, 75, 100):
+            problems.append("teacher.realizability_level must be one of 0, 25, 50, 75, 100")
+        if self.trainer.method not in ("sft", "dpo", "kto"):
+            problems.append("trainer.method must be sft, dpo or kto")
+        if self.environment.eval_tasks < 1 or self.environment.demo_tasks < 1:
+            problems.append("environment.eval_tasks and demo_tasks must be >= 1")
+        if self.concurrency < 1:
+            problems.append("concurrency must be >= 1")
+        if problems:
+            raise ValueError("invalid run config: " + "; ".join(problems))
+
+
+def _merge(target, values: dict[str, Any], where: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in names:
+            raise ValueError(f"unknown config key {where}{key!r}; valid keys: {', '.join(sorted(names))}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config key {where}{key} must be a mapping")
+            _merge(current, value, f"{where}{key}.")
+        else:
+            setattr(target, key, value)
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def load_config(path: str | Path | None = None, preset: str | None = None,
+                overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Defaults <- preset (default: 'default' when no file is given) <- file <- overrides."""
+    config = RunConfig()
+    if preset or not path:
+        name = preset or "default"
+        preset_file = PRESETS_DIR / f"{name}.yaml"
+        if not preset_file.exists():
+            raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
+        _merge(config, yaml.safe_load(preset_file.read_text()) or {}, "")
+    if path:
+        _merge(config, yaml.safe_load(Path(path).read_text()) or {}, "")
+    if overrides:
+        _merge(config, overrides, "")
+    config.validate()
+    return config

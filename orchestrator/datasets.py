@@ -1,0 +1,121 @@
+"""Training data from trajectories, in the trainer's schemas, and LEAP's aggregation.
+
+Every prompt is rendered with the student's own template code (services.student.prompts), from
+what the student observed: the history the student itself produced (on-policy, DAgger-style) or,
+for iteration 0, the expert's history. Nothing privileged enters a prompt: the inputs are only the
+goal, past observations/actions, the current observation and its candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from leap.v1 import common_pb2, teacher_pb2
+from services.runtime.files import atomic_write_jsonl
+
+
+def _prompt(env: str, trajectory: common_pb2.Trajectory, t: int, window: int) -> list[dict]:
+    from services.student.prompts import render_messages
+
+    steps = trajectory.steps
+    history = [(s.observation, s.action) for s in steps[:t]]
+    history = history[-window:] if window > 0 else []
+    return render_messages(env, trajectory.goal, history, steps[t].observation, list(steps[t].candidates),
+                           history_window=window)
+
+
+def _target(reason: str, action: str) -> str:
+    from services.student.prompts import format_target
+
+    return format_target(reason, action)
+
+
+def _meta(trajectory: common_pb2.Trajectory, t: int, source: str) -> dict:
+    return {"task_id": trajectory.task.task_id, "task_type": trajectory.task_type, "t": t, "source": source}
+
+
+def demonstration_rows(env: str, demos: list[common_pb2.Trajectory], window: int) -> list[dict]:
+    """Iteration 0 (BC): every step of every expert demonstration, with the teacher's reason."""
+    rows = []
+    for demo in demos:
+        for t, step in enumerate(demo.steps):
+            rows.append({"messages": _prompt(env, demo, t, window), "completion": _target(step.reason, step.action),
+                         "meta": _meta(demo, t, "demonstration")})
+    return rows
+
+
+def correction_rows(env: str, pairs: list[tuple[common_pb2.Trajectory, teacher_pb2.Correction]], window: int,
+                    method: str, keep_unchanged: bool) -> list[dict]:
+    """Iterations >= 1: one row per corrected step, prompt = the student's own history at t.
+
+    sft: completion = corrected; dpo: chosen = corrected, rejected = the student's original;
+    kto: the corrected step labelled desirable and the original undesirable.
+    """
+    rows = []
+    for trajectory, correction in pairs:
+        if not correction.ok:
+            continue
+        for cstep in correction.steps:
+            t = cstep.index
+            if t >= len(trajectory.steps):
+                continue
+            if not cstep.is_corrected and not (keep_unchanged and method == "sft"):
+                continue
+            messages = _prompt(env, trajectory, t, window)
+            chosen = _target(cstep.reason, cstep.action)
+            original = trajectory.steps[t]
+            rejected = _target(original.reason, original.action)
+            meta = _meta(trajectory, t, "correction")
+            if method == "sft":
+                rows.append({"messages": messages, "completion": chosen, "meta": meta})
+            elif method == "dpo":
+                rows.append({"messages": messages, "chosen": chosen, "rejected": rejected, "meta": meta})
+            else:
+                rows.append({"messages": messages, "completion": chosen, "label": True, "meta": meta})
+                rows.append({"messages": messages, "completion": rejected, "label": False, "meta": meta})
+    return rows
+
+
+def aggregate(per_iteration: list[list[dict]], seed: int) -> list[dict]:
+    """LEAP's aggregation: subsample each iteration's data to the size of the smallest, then mix."""
+    non_empty = [rows for rows in per_iteration if rows]
+    if not non_empty:
+        return []
+    size = min(len(rows) for rows in non_empty)
+    rng = random.Random(seed)
+    mixed = []
+    for rows in non_empty:
+        mixed.extend(rng.sample(rows, size))
+    rng.shuffle(mixed)
+    return mixed
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    return atomic_write_jsonl(path, rows)
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def write_trajectories(path: Path, trajectories: list[common_pb2.Trajectory]) -> Path:
+    return atomic_write_jsonl(path, [json_format.MessageToDict(t) for t in trajectories])
+
+
+def read_trajectories(path: Path) -> list[common_pb2.Trajectory]:
+    return [json_format.ParseDict(row, common_pb2.Trajectory()) for row in read_rows(path)]
+
+
+def write_corrections(path: Path, pairs: list[tuple[common_pb2.Trajectory, teacher_pb2.Correction]]) -> Path:
+    return atomic_write_jsonl(path, [{"trajectory": json_format.MessageToDict(t),
+                                      "correction": json_format.MessageToDict(c)} for t, c in pairs])
+
+
+def read_corrections(path: Path) -> list[tuple[common_pb2.Trajectory, teacher_pb2.Correction]]:
+    return [(json_format.ParseDict(r["trajectory"], common_pb2.Trajectory()),
+             json_format.ParseDict(r["correction"], teacher_pb2.Correction())) for r in read_rows(path)]

@@ -1,0 +1,208 @@
+"""Episodes over gRPC: the student playing tasks, experts demonstrating them, the teacher correcting.
+
+The orchestrator holds no privileged credential. The student sees only what the environment's
+agent-facing service returns; demonstrations and corrections come from the teacher, which is the
+only party that talks to the PrivilegedService.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import grpc
+
+from leap.v1 import common_pb2, environment_pb2, environment_pb2_grpc, student_pb2, student_pb2_grpc
+from leap.v1 import teacher_pb2, teacher_pb2_grpc, trainer_pb2_grpc
+from services.runtime.channels import make_channel
+
+log = logging.getLogger("leap.orchestrator")
+
+INVALID_OUTPUT_ACTION = "(no valid action)"
+ACT_TIMEOUT_S = 600.0
+ENV_TIMEOUT_S = 30.0
+TEACHER_TIMEOUT_S = 600.0
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from any parts (never Python's salted hash())."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
+
+
+class ServiceStubs:
+    """gRPC stubs for the four services, over channels with retries on UNAVAILABLE."""
+
+    def __init__(self, addresses: dict[str, str]):
+        self.addresses = dict(addresses)
+        self._channels = {name: make_channel(addr) for name, addr in addresses.items() if addr}
+        self.env = environment_pb2_grpc.EnvironmentServiceStub(self._channels["environment"])
+        self.student = student_pb2_grpc.StudentServiceStub(self._channels["student"])
+        self.teacher = teacher_pb2_grpc.TeacherServiceStub(self._channels["teacher"])
+        self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels["trainer"])
+
+    def close(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+
+
+@dataclass
+class EpisodeSettings:
+    env: str
+    horizon: int
+    temperature: float
+    max_new_tokens: int
+    history_window: int
+    seed: int
+    adapter_version: str = ""
+
+
+def trim_history(history: list[tuple[str, str]], window: int) -> list[tuple[str, str]]:
+    return history[-window:] if window > 0 else []
+
+
+def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSettings,
+                         act_hook: Callable[[student_pb2.ActItem], None] | None = None) -> common_pb2.Trajectory:
+    """One episode of the student on a task; returns the whole trajectory."""
+    reset = stubs.env.Reset(environment_pb2.ResetRequest(env=settings.env, task_id=task_id, horizon=settings.horizon),
+                            timeout=ENV_TIMEOUT_S)
+    session = reset.session_id
+    obs = reset.observation
+    trajectory = common_pb2.Trajectory(task=reset.task.task, goal=reset.task.goal, task_type=reset.task.task_type,
+                                       agent="student")
+    trajectory.metadata["seed"] = str(settings.seed)
+    history: list[tuple[str, str]] = []
+    try:
+        t = 0
+        while not obs.done:
+            item = student_pb2.ActItem(
+                request_id=f"{task_id}/{t}", env=settings.env, goal=reset.task.goal,
+                history=[student_pb2.HistoryEntry(observation=o, action=a)
+                         for o, a in trim_history(history, settings.history_window)],
+                observation=obs.text, candidates=list(obs.candidates),
+                sampling=student_pb2.SamplingParams(temperature=settings.temperature,
+                                                    max_new_tokens=settings.max_new_tokens,
+                                                    seed=derive_seed(settings.seed, task_id, t)),
+                adapter_version=settings.adapter_version,
+            )
+            if act_hook is not None:
+                act_hook(item)
+            result = stubs.student.Act(student_pb2.ActRequest(items=[item]), timeout=ACT_TIMEOUT_S).results[0]
+            action = result.action.strip() or INVALID_OUTPUT_ACTION
+            nxt = stubs.env.Step(environment_pb2.StepRequest(session_id=session, action=action),
+                                 timeout=ENV_TIMEOUT_S).observation
+            trajectory.steps.append(common_pb2.Step(
+                index=t, observation=obs.text, candidates=list(obs.candidates), reason=result.reason,
+                action=action, reward=nxt.reward, action_valid=result.action_valid and nxt.last_action_valid,
+                raw_output=result.raw_output, completion_token_ids=list(result.completion_token_ids),
+                adapter_version=result.adapter_version, next_observation=nxt.text,
+            ))
+            trajectory.metadata["adapter_version"] = result.adapter_version
+            history.append((obs.text, action))
+            obs = nxt
+            t += 1
+        trajectory.done, trajectory.won, trajectory.score = obs.done, obs.won, obs.score
+        trajectory.truncated = obs.truncated
+    finally:
+        try:
+            stubs.env.Close(environment_pb2.CloseRequest(session_id=session), timeout=ENV_TIMEOUT_S)
+        except grpc.RpcError:
+            pass
+    return trajectory
+
+
+def demonstrate(stubs: ServiceStubs, task: common_pb2.TaskRef, expert: int, horizon: int,
+                annotate: bool) -> common_pb2.Trajectory:
+    return stubs.teacher.Demonstrate(
+        teacher_pb2.DemonstrateRequest(task=task, expert=expert, horizon=horizon, annotate=annotate),
+        timeout=TEACHER_TIMEOUT_S)
+
+
+def correct(stubs: ServiceStubs, trajectory: common_pb2.Trajectory, level: int) -> teacher_pb2.Correction:
+    return stubs.teacher.Correct(
+        teacher_pb2.CorrectRequest(trajectory=trajectory,
+                                   options=teacher_pb2.CorrectionOptions(realizability_level=level)),
+        timeout=TEACHER_TIMEOUT_S)
+
+
+def list_task_refs(stubs: ServiceStubs, env: str, split: str, offset: int, count: int) -> list[common_pb2.TaskRef]:
+    """Tasks [offset, offset + count) of a split, in the environment's stable order."""
+    refs: list[common_pb2.TaskRef] = []
+    token = ""
+    seen = 0
+    while len(refs) < count:
+        page = stubs.env.ListTasks(environment_pb2.ListTasksRequest(env=env, split=split, page_size=1000,
+                                                                   page_token=token), timeout=ENV_TIMEOUT_S)
+        for info in page.tasks:
+            if seen >= offset and len(refs) < count:
+                refs.append(info.task)
+            seen += 1
+        token = page.next_page_token
+        if not token:
+            break
+    if len(refs) < count:
+        raise ValueError(f"split {split!r} of {env!r} has only {seen} tasks; asked for {count} from index {offset}")
+    return refs
+
+
+@dataclass
+class Outcome:
+    index: int
+    value: object = None
+    error: str = ""
+
+
+def run_parallel(fn: Callable[[int], object], count: int, concurrency: int,
+                 on_done: Callable[[Outcome], None] | None = None, retries: int = 1) -> list[Outcome]:
+    """Run fn(0..count-1) on a bounded thread pool; an RPC failure is retried, then recorded.
+
+    Results come back in index order whatever the completion order, so outputs are deterministic.
+    """
+    outcomes: list[Outcome | None] = [None] * count
+    lock = threading.Lock()
+
+    def attempt(i: int) -> Outcome:
+        last = ""
+        for _ in range(retries + 1):
+            try:
+                return Outcome(i, fn(i))
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
+                log.warning("episode failed; retrying", extra={"index": i, "error": last})
+        return Outcome(i, None, last)
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode") as pool:
+        futures = [pool.submit(attempt, i) for i in range(count)]
+        for future in as_completed(futures):
+            outcome = future.result()
+            with lock:
+                outcomes[outcome.index] = outcome
+            if on_done is not None:
+                on_done(outcome)
+    return [o for o in outcomes if o is not None]
+
+
+def summarize(trajectories: Iterable[common_pb2.Trajectory]) -> dict:
+    """Success %, mean score, mean steps, invalid-action rate, overall and per task type."""
+    trajectories = list(trajectories)
+
+    def block(items: list[common_pb2.Trajectory]) -> dict:
+        n = len(items)
+        steps = sum(len(t.steps) for t in items)
+        invalid = sum(1 for t in items for s in t.steps if not s.action_valid)
+        return {
+            "episodes": n,
+            "success": 100.0 * sum(t.won for t in items) / n if n else 0.0,
+            "score": sum(t.score for t in items) / n if n else 0.0,
+            "mean_steps": steps / n if n else 0.0,
+            "invalid_action_rate": invalid / steps if steps else 0.0,
+        }
+
+    by_type: dict[str, list] = {}
+    for t in trajectories:
+        by_type.setdefault(t.task_type or "all", []).append(t)
+    return {"overall": block(trajectories), "by_task_type": {k: block(v) for k, v in sorted(by_type.items())}}

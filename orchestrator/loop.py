@@ -1,0 +1,397 @@
+"""The LEAP loop as an explicit, resumable state machine over the four services.
+
+Phases, each persisted before the next starts:
+
+    baseline.eval                   the untrained student on the held-out tasks
+    reference.eval                  the searching expert and the privileged planner on the same tasks
+    iter0.demos -> .dataset -> .train -> .load -> .eval          behaviour cloning (BC)
+    iter<i>.rollout -> .correct -> .dataset -> .train -> .load -> .eval   LEAP iterations i >= 1
+    report                          results.json, results.md, results.png
+
+A phase's outputs are written atomically, then the phase is marked done. `--resume` skips done
+phases; an unfinished phase is redone from its inputs (which are deterministic: seeded rollouts,
+seeded subsampling), so a run killed at any point ends with the same datasets and checkpoint
+versions as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import grpc
+import yaml
+
+from leap.v1 import common_pb2, environment_pb2, student_pb2, trainer_pb2
+from orchestrator import datasets as ds
+from orchestrator.config import RunConfig
+from orchestrator.episodes import (
+    EpisodeSettings,
+    ServiceStubs,
+    correct,
+    demonstrate,
+    list_task_refs,
+    play_student_episode,
+    run_parallel,
+    summarize,
+)
+from orchestrator.progress import ProgressReporter
+from orchestrator.state import RunState
+from services.runtime.files import atomic_write_json, atomic_write_text
+
+log = logging.getLogger("leap.orchestrator")
+
+METHODS = {"sft": trainer_pb2.TRAINING_METHOD_SFT, "dpo": trainer_pb2.TRAINING_METHOD_DPO,
+           "kto": trainer_pb2.TRAINING_METHOD_KTO}
+TERMINAL = {trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED}
+MAX_TRAIN_ATTEMPTS = 3
+BASE_VERSION = "base"
+
+
+def phase_names(iterations: int) -> list[str]:
+    names = ["baseline.eval", "reference.eval", "iter0.demos", "iter0.dataset", "iter0.train", "iter0.load",
+             "iter0.eval"]
+    for i in range(1, iterations + 1):
+        names += [f"iter{i}.{p}" for p in ("rollout", "correct", "dataset", "train", "load", "eval")]
+    return names + ["report"]
+
+
+def adapter_version(iteration: int) -> str:
+    return f"student-iter-{iteration}"
+
+
+class ConfigMismatch(RuntimeError):
+    pass
+
+
+@dataclass
+class LeapRun:
+    config: RunConfig
+    run_dir: Path
+    stubs: ServiceStubs
+    reporter: ProgressReporter
+    # Test hook: called with every ActItem the student is sent (to prove nothing privileged is in it).
+    act_hook: Callable[[student_pb2.ActItem], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        self.state = RunState(self.run_dir, phase_names(self.config.iterations))
+        if "run_id" not in self.state.values:
+            self.state.values["run_id"] = secrets.token_hex(4)
+            self.state.save()
+        self.env = self.config.environment.name
+
+    # ---------------------------------------------------------------- setup
+    @staticmethod
+    def prepare_run_dir(run_dir: Path, config: RunConfig, resume: bool) -> None:
+        """Write the config snapshot, or check that a resumed run uses the same config."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        snapshot = run_dir / "config.yaml"
+        text = yaml.safe_dump(config.to_dict(), sort_keys=True)
+        if snapshot.exists():
+            if not resume:
+                raise ConfigMismatch(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
+            if snapshot.read_text() != text:
+                raise ConfigMismatch(f"the config differs from the one {run_dir} was started with "
+                                     f"({snapshot}); resume with that config or start a new run")
+        else:
+            atomic_write_text(snapshot, text)
+
+    def write_manifest(self) -> None:
+        envs = self.stubs.env.ListEnvironments(environment_pb2.ListEnvironmentsRequest(), timeout=30)
+        model = self.stubs.student.GetModelInfo(student_pb2.GetModelInfoRequest(), timeout=30)
+        import platform
+
+        from importlib import metadata
+
+        versions = {}
+        for pkg in ("leap-serve", "grpcio", "protobuf", "torch", "transformers", "peft", "trl"):
+            try:
+                versions[pkg] = metadata.version(pkg)
+            except metadata.PackageNotFoundError:
+                pass
+        atomic_write_json(self.run_dir / "manifest.json", {
+            "run_id": self.state.values["run_id"],
+            "seed": self.config.seed,
+            "environments": {e.name: e.version for e in envs.environments},
+            "student_model": model.base_model,
+            "student_backend": model.backend,
+            "student_device": model.device,
+            "teacher": self.config.teacher.backend,
+            "realizability_level": self.config.teacher.realizability_level,
+            "services": self.stubs.addresses,
+            "packages": versions,
+            "python": platform.python_version(),
+        })
+
+    # ---------------------------------------------------------------- driver
+    def run(self) -> dict:
+        if not (self.run_dir / "manifest.json").exists():
+            self.write_manifest()
+        self._restore_adapter()
+        for name in self.state.phases:
+            if self.state.is_done(name):
+                continue
+            self.state.begin(name)
+            outputs = self._dispatch(name)
+            self.state.finish(name, outputs)
+        return self.results()
+
+    def _dispatch(self, name: str) -> dict:
+        if name == "baseline.eval":
+            return self._evaluate_student("baseline", BASE_VERSION)
+        if name == "reference.eval":
+            return self._evaluate_experts()
+        if name == "report":
+            return self._report()
+        head, phase = name.split(".")
+        i = int(head.removeprefix("iter"))
+        return {
+            "demos": lambda: self._demos(),
+            "rollout": lambda: self._rollout(i),
+            "correct": lambda: self._correct(i),
+            "dataset": lambda: self._dataset(i),
+            "train": lambda: self._train(i),
+            "load": lambda: self._load(i),
+            "eval": lambda: self._evaluate_student(f"iter{i}", adapter_version(i)),
+        }[phase]()
+
+    # ---------------------------------------------------------------- helpers
+    def _settings(self, temperature: float, seed: int, version: str) -> EpisodeSettings:
+        s = self.config.student
+        return EpisodeSettings(env=self.env, horizon=self.config.environment.horizon, temperature=temperature,
+                               max_new_tokens=s.max_new_tokens, history_window=s.history_window, seed=seed,
+                               adapter_version=version)
+
+    def _play(self, title: str, tasks: list[common_pb2.TaskRef], settings: EpisodeSettings) -> tuple[list, list]:
+        wins = 0
+        done = 0
+        with self.reporter.phase(title, len(tasks)) as bar:
+            def on_done(outcome):
+                nonlocal wins, done
+                done += 1
+                if outcome.value is not None and outcome.value.won:
+                    wins += 1
+                bar.advance(1, info=f"success {100 * wins / done:.0f}%")
+
+            outcomes = run_parallel(lambda k: play_student_episode(self.stubs, tasks[k].task_id, settings,
+                                                                   self.act_hook),
+                                    len(tasks), self.config.concurrency, on_done)
+        trajectories = [o.value for o in outcomes if o.value is not None]
+        errors = [{"task_id": tasks[o.index].task_id, "error": o.error} for o in outcomes if o.value is None]
+        return trajectories, errors
+
+    def _eval_tasks(self, split: str) -> list[common_pb2.TaskRef]:
+        return list_task_refs(self.stubs, self.env, split, 0, self.config.environment.eval_tasks)
+
+    def _evaluate_student(self, label: str, version: str) -> dict:
+        metrics = {}
+        for split in self.config.environment.eval_splits:
+            tasks = self._eval_tasks(split)
+            settings = self._settings(self.config.student.eval_temperature, self.config.seed, version)
+            trajectories, errors = self._play(f"{label}: evaluate on {split}", tasks, settings)
+            path = ds.write_trajectories(self.run_dir / "trajectories" / f"{label}-eval-{split}.jsonl", trajectories)
+            metrics[split] = summarize(trajectories) | {"errors": errors, "trajectories": str(path)}
+        atomic_write_json(self.run_dir / "metrics" / f"{label}.json", {"label": label, "adapter": version,
+                                                                      "splits": metrics})
+        return {"metrics_file": str(self.run_dir / "metrics" / f"{label}.json")}
+
+    def _evaluate_experts(self) -> dict:
+        out = {}
+        for label, expert in (("searching_expert", environment_pb2.EXPERT_KIND_SEARCHER),
+                              ("privileged_planner", environment_pb2.EXPERT_KIND_PLANNER)):
+            metrics = {}
+            for split in self.config.environment.eval_splits:
+                tasks = self._eval_tasks(split)
+                with self.reporter.phase(f"{label}: {split}", len(tasks)) as bar:
+                    outcomes = run_parallel(
+                        lambda k: demonstrate(self.stubs, tasks[k], expert, self.config.environment.horizon, False),
+                        len(tasks), self.config.concurrency, lambda _o: bar.advance(1))
+                trajectories = [o.value for o in outcomes if o.value is not None]
+                metrics[split] = summarize(trajectories)
+            atomic_write_json(self.run_dir / "metrics" / f"{label}.json", {"label": label, "splits": metrics})
+            out[f"{label}_file"] = str(self.run_dir / "metrics" / f"{label}.json")
+        return out
+
+    # ---------------------------------------------------------------- iteration 0 (BC)
+    def _demos(self) -> dict:
+        e = self.config.environment
+        tasks = list_task_refs(self.stubs, self.env, e.train_split, e.demo_offset, e.demo_tasks)
+        with self.reporter.phase("iter0: expert demonstrations + teacher reasons", len(tasks)) as bar:
+            outcomes = run_parallel(
+                lambda k: demonstrate(self.stubs, tasks[k], environment_pb2.EXPERT_KIND_SEARCHER, e.horizon, True),
+                len(tasks), self.config.concurrency, lambda _o: bar.advance(1))
+        # BC imitates successful demonstrations only.
+        demos = [o.value for o in outcomes if o.value is not None and o.value.won]
+        path = ds.write_trajectories(self.run_dir / "trajectories" / "iter0-demos.jsonl", demos)
+        return {"trajectories_file": str(path), "demonstrations": len(demos), "tasks": len(tasks)}
+
+    # ---------------------------------------------------------------- iterations >= 1
+    def _rollout(self, i: int) -> dict:
+        e = self.config.environment
+        tasks = list_task_refs(self.stubs, self.env, e.train_split, e.rollout_offset + (i - 1) * e.rollout_tasks,
+                               e.rollout_tasks)
+        settings = self._settings(self.config.student.rollout_temperature, self.config.seed * 1000 + i,
+                                  adapter_version(i - 1))
+        trajectories, errors = self._play(f"iter{i}: rollouts on train", tasks, settings)
+        path = ds.write_trajectories(self.run_dir / "trajectories" / f"iter{i}-rollouts.jsonl", trajectories)
+        return {"trajectories_file": str(path), "episodes": len(trajectories), "errors": errors,
+                "success": summarize(trajectories)["overall"]["success"]}
+
+    def _correct(self, i: int) -> dict:
+        rollouts = ds.read_trajectories(Path(self.state.outputs(f"iter{i}.rollout")["trajectories_file"]))
+        failed = [t for t in rollouts if not t.won]
+        level = self.config.teacher.realizability_level
+        with self.reporter.phase(f"iter{i}: teacher corrections (level {level})", len(failed)) as bar:
+            outcomes = run_parallel(lambda k: correct(self.stubs, failed[k], level), len(failed),
+                                    self.config.concurrency, lambda _o: bar.advance(1))
+        pairs = [(failed[o.index], o.value) for o in outcomes if o.value is not None]
+        path = ds.write_corrections(self.run_dir / "trajectories" / f"iter{i}-corrections.jsonl", pairs)
+        return {"corrections_file": str(path), "failed": len(failed),
+                "corrected_ok": sum(1 for _t, c in pairs if c.ok),
+                "teacher_failures": [c.error for _t, c in pairs if not c.ok][:20]}
+
+    def _iteration_rows(self, i: int, method: str) -> list[dict]:
+        window = self.config.student.history_window
+        if i == 0:
+            demos = ds.read_trajectories(Path(self.state.outputs("iter0.demos")["trajectories_file"]))
+            return ds.demonstration_rows(self.env, demos, window)
+        pairs = ds.read_corrections(Path(self.state.outputs(f"iter{i}.correct")["corrections_file"]))
+        return ds.correction_rows(self.env, pairs, window, method, self.config.keep_unchanged_steps)
+
+    def _method(self, i: int) -> str:
+        return "sft" if i == 0 else self.config.trainer.method
+
+    def _dataset(self, i: int) -> dict:
+        method = self._method(i)
+        rows = self._iteration_rows(i, method)
+        own = ds.write_rows(self.run_dir / "datasets" / f"iter{i}-{method}.jsonl", rows)
+        # Aggregate with earlier iterations of the same kind (BC data is SFT-shaped).
+        first = 0 if method == "sft" else 1
+        history = [ds.read_rows(self.run_dir / "datasets" / f"iter{k}-{method}.jsonl") for k in range(first, i)]
+        mixed = ds.aggregate(history + [rows], seed=self.config.seed * 7919 + i)
+        path = ds.write_rows(self.run_dir / "datasets" / f"train-iter{i}-{method}.jsonl", mixed)
+        return {"rows_file": str(own), "rows": len(rows), "mixed_file": str(path), "mixed_rows": len(mixed)}
+
+    def _hyper(self) -> trainer_pb2.HyperParameters:
+        t = self.config.trainer
+        return trainer_pb2.HyperParameters(lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                                           learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
+                                           max_length=t.max_length, max_steps=t.max_steps, beta=t.beta,
+                                           seed=self.config.seed)
+
+    def _train(self, i: int) -> dict:
+        dataset = self.state.outputs(f"iter{i}.dataset")
+        if dataset["mixed_rows"] == 0:
+            # Nothing to learn from (e.g. every rollout won): keep the previous adapter.
+            previous = self.state.values.get("checkpoints", {}).get(str(i - 1))
+            self.state.values.setdefault("checkpoints", {})[str(i)] = previous
+            self.state.save()
+            return {"skipped": "no training rows", "checkpoint": previous}
+        parent = None
+        if i > 0:
+            parent = self.state.values["checkpoints"][str(i - 1)]
+        spec = trainer_pb2.StartJobRequest(
+            method=METHODS[self._method(i)],
+            datasets=[common_pb2.ArtifactRef(uri=str(Path(dataset["mixed_file"]).resolve()),
+                                             sha256=dataset["mixed_sha256"], format="jsonl")],
+            base_model=self.config.student.model, output_name="student", hyper_parameters=self._hyper(),
+            run_dir=str(self.run_dir.resolve()),
+        )
+        if parent:
+            spec.parent.CopyFrom(common_pb2.CheckpointRef(**parent))
+        job = self._run_training_job(f"{self.state.values['run_id']}-iter{i}", spec, f"iter{i}: train ({self._method(i)})")
+        ckpt = {"name": job.checkpoint.name, "version": job.checkpoint.version, "uri": job.checkpoint.uri,
+                "sha256": job.checkpoint.sha256, "base_model": job.checkpoint.base_model}
+        self.state.values.setdefault("checkpoints", {})[str(i)] = ckpt
+        self.state.save()
+        return {"job_id": job.job_id, "checkpoint": ckpt, "final_loss": job.progress.loss}
+
+    def _run_training_job(self, base_id: str, spec: trainer_pb2.StartJobRequest, title: str) -> trainer_pb2.Job:
+        for attempt in range(1, MAX_TRAIN_ATTEMPTS + 1):
+            job_id = f"{base_id}-a{attempt}"
+            try:
+                job = self.stubs.trainer.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=30)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                request = trainer_pb2.StartJobRequest()
+                request.CopyFrom(spec)
+                request.job_id = job_id
+                job = self.stubs.trainer.StartJob(request, timeout=60)
+            if job.state in (trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED):
+                log.warning("training attempt ended badly; retrying", extra={"job_id": job_id, "error": job.error})
+                continue
+            job = self._watch(job_id, title)
+            if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
+                return job
+            log.warning("training attempt failed", extra={"job_id": job_id, "error": job.error})
+        raise RuntimeError(f"training failed {MAX_TRAIN_ATTEMPTS} times; last error: {job.error}")
+
+    def _watch(self, job_id: str, title: str) -> trainer_pb2.Job:
+        with self.reporter.phase(title, None) as bar:
+            while True:
+                try:
+                    for p in self.stubs.trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id)):
+                        bar.update(completed=p.step, total=p.total_steps or None,
+                                   info=f"loss {p.loss:.3f}  {p.tokens_per_second:.0f} tok/s")
+                        if p.state in TERMINAL:
+                            break
+                except grpc.RpcError as exc:
+                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise
+                    time.sleep(1.0)
+                job = self.stubs.trainer.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=30)
+                if job.state in TERMINAL:
+                    return job
+
+    def _load(self, i: int) -> dict:
+        ckpt = self.state.values["checkpoints"][str(i)]
+        if ckpt is None:  # nothing trained in iteration 0 (cannot happen with demos) or skipped
+            raise RuntimeError(f"no checkpoint for iteration {i}")
+        info = self._load_adapter(adapter_version(i), ckpt)
+        self.state.values["current_adapter"] = {"version": adapter_version(i), "checkpoint": ckpt}
+        self.state.save()
+        return {"version": info.version, "load_seconds": info.load_seconds}
+
+    def _load_adapter(self, version: str, ckpt: dict):
+        ref = common_pb2.CheckpointRef(**ckpt)
+        ref.version = version
+        with self.reporter.phase(f"hot-swap {version}", 1) as bar:
+            try:
+                info = self.stubs.student.LoadAdapter(student_pb2.LoadAdapterRequest(checkpoint=ref), timeout=300)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
+                    raise
+                info = next(a for a in self.stubs.student.ListAdapters(student_pb2.ListAdaptersRequest(),
+                                                                       timeout=30).adapters if a.version == version)
+            bar.advance(1)
+        return info
+
+    def _restore_adapter(self) -> None:
+        """After a restart, make sure the student serves the adapter the next phases pin (the latest)."""
+        checkpoints = self.state.values.get("checkpoints", {})
+        loaded_iterations = [int(k) for k, ckpt in checkpoints.items() if ckpt and self.state.is_done(f"iter{k}.load")]
+        if not loaded_iterations:
+            return
+        latest = max(loaded_iterations)
+        loaded = {a.version for a in self.stubs.student.ListAdapters(student_pb2.ListAdaptersRequest(),
+                                                                      timeout=30).adapters}
+        if adapter_version(latest) not in loaded:
+            self._load_adapter(adapter_version(latest), checkpoints[str(latest)])
+
+    # ---------------------------------------------------------------- report
+    def results(self) -> dict:
+        from orchestrator.report import collect_results
+
+        return collect_results(self.run_dir, self.config)
+
+    def _report(self) -> dict:
+        from orchestrator.report import write_report
+
+        paths = write_report(self.run_dir, self.config)
+        return {k + "_file": str(v) for k, v in paths.items()}

@@ -1,0 +1,146 @@
+"""Results of a run: a table a person reads (terminal and markdown) and results.png.
+
+Rows: the untrained student, BC (iteration 0), each LEAP iteration, and the reference experts
+(searching expert, privileged planner) on the same held-out tasks. Columns per split: success %,
+mean score, mean steps; plus a per-task-type breakdown.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config import RunConfig
+from services.runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def _label(name: str) -> str:
+    if name == "baseline":
+        return "untrained student"
+    if name == "iter0":
+        return "BC (iter 0)"
+    if name.startswith("iter"):
+        return f"LEAP iter {name[4:]}"
+    return name.replace("_", " ")
+
+
+def collect_results(run_dir: Path, config: RunConfig) -> dict:
+    metrics_dir = Path(run_dir) / "metrics"
+    order = ["baseline", "iter0"] + [f"iter{i}" for i in range(1, config.iterations + 1)] + \
+        ["searching_expert", "privileged_planner"]
+    rows = []
+    for name in order:
+        path = metrics_dir / f"{name}.json"
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        rows.append({"name": name, "label": _label(name), "splits": {
+            split: {k: v for k, v in m.items() if k in ("overall", "by_task_type")}
+            for split, m in data["splits"].items()}})
+    return {"run": config.name, "seed": config.seed, "splits": config.environment.eval_splits,
+            "eval_tasks": config.environment.eval_tasks, "rows": rows}
+
+
+def results_table(results: dict) -> Table:
+    table = Table(title=f"LEAP results ({results['run']}, {results['eval_tasks']} tasks per split)")
+    table.add_column("agent", style="bold")
+    for split in results["splits"]:
+        table.add_column(f"{split} success %", justify="right")
+        table.add_column("score", justify="right")
+        table.add_column("steps", justify="right")
+    for row in results["rows"]:
+        cells = [row["label"]]
+        for split in results["splits"]:
+            o = row["splits"].get(split, {}).get("overall")
+            cells += [f"{o['success']:.1f}", f"{o['score']:.2f}", f"{o['mean_steps']:.1f}"] if o else ["-"] * 3
+        table.add_row(*cells)
+    return table
+
+
+def task_type_table(results: dict, split: str) -> Table:
+    types = sorted({t for r in results["rows"] for t in r["splits"].get(split, {}).get("by_task_type", {})})
+    table = Table(title=f"success % by task type ({split})")
+    table.add_column("agent", style="bold")
+    for t in types:
+        table.add_column(t.replace("_", " "), justify="right")
+    for row in results["rows"]:
+        by_type = row["splits"].get(split, {}).get("by_task_type", {})
+        table.add_row(row["label"], *[f"{by_type[t]['success']:.0f}" if t in by_type else "-" for t in types])
+    return table
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# LEAP results: {results['run']}", "", f"{results['eval_tasks']} held-out tasks per split.", ""]
+    header = "| agent | " + " | ".join(f"{s} success % | score | steps" for s in results["splits"]) + " |"
+    lines += [header, "|" + "---|" * (1 + 3 * len(results["splits"]))]
+    for row in results["rows"]:
+        cells = []
+        for split in results["splits"]:
+            o = row["splits"].get(split, {}).get("overall")
+            cells += [f"{o['success']:.1f}", f"{o['score']:.2f}", f"{o['mean_steps']:.1f}"] if o else ["-"] * 3
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> Path:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    split = results["splits"][0]
+    rows = {r["name"]: r for r in results["rows"]}
+
+    def success(name):
+        o = rows.get(name, {}).get("splits", {}).get(split, {}).get("overall")
+        return None if o is None else o["success"]
+
+    iterations = sorted(int(n[4:]) for n in rows if n.startswith("iter"))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    xs = iterations
+    ys = [success(f"iter{i}") for i in iterations]
+    ax.plot(xs, ys, marker="o", linewidth=2.5, color="#1f77b4", label="student (BC at 0, then LEAP)")
+    for x, y in zip(xs, ys):
+        ax.annotate(f"{y:.0f}%", (x, y), textcoords="offset points", xytext=(0, 8), ha="center")
+    styles = {"baseline": ("untrained student", "#7f7f7f", ":"),
+              "searching_expert": ("searching expert", "#2ca02c", "--"),
+              "privileged_planner": ("privileged planner", "#d62728", "-.")}
+    for name, (label, color, ls) in styles.items():
+        y = success(name)
+        if y is not None:
+            ax.axhline(y, color=color, linestyle=ls, linewidth=1.5, label=f"{label} ({y:.0f}%)")
+    ax.set_xticks(xs or [0])
+    ax.set_xticklabels(["BC" if x == 0 else f"LEAP {x}" for x in xs] or ["BC"])
+    ax.set_ylim(-2, 105)
+    ax.set_ylabel(f"success % on {split}")
+    ax.set_xlabel("iteration")
+    ax.set_title(f"LEAP on {results['run']}: success vs iteration ({results['eval_tasks']} tasks)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def write_report(run_dir: Path, config: RunConfig) -> dict[str, Path]:
+    results = collect_results(run_dir, config)
+    run_dir = Path(run_dir)
+    return {
+        "results_json": atomic_write_json(run_dir / "results.json", results),
+        "results_md": atomic_write_text(run_dir / "results.md", markdown(results)),
+        "results_png": plot(results, run_dir / "results.png"),
+    }
+
+
+def print_report(results: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(results_table(results))
+    for split in results["splits"]:
+        console.print(task_type_table(results, split))

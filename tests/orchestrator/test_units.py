@@ -1,0 +1,113 @@
+"""Orchestrator logic without services: config, state machine, aggregation, seeds, report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from orchestrator import datasets as ds
+from orchestrator.config import load_config, preset_names
+from orchestrator.episodes import derive_seed, summarize, trim_history
+from orchestrator.loop import LeapRun, phase_names
+from orchestrator.state import RunState
+from leap.v1 import common_pb2
+
+
+def test_presets_load_and_validate():
+    assert {"default", "smoke"} <= set(preset_names())
+    smoke = load_config(preset="smoke")
+    assert smoke.iterations == 1 and smoke.environment.eval_tasks == 2
+    default = load_config()
+    assert default.environment.eval_tasks >= 50 and default.teacher.realizability_level == 50
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("environment:\n  horizn: 3\n")
+    with pytest.raises(ValueError, match="horizn.*valid keys"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="realizability_level"):
+        load_config(preset="smoke", overrides={"teacher": {"realizability_level": 33}})
+    with pytest.raises(ValueError, match="unknown preset"):
+        load_config(preset="nope")
+
+
+def test_config_snapshot_guards_resume(tmp_path):
+    config = load_config(preset="smoke")
+    LeapRun.prepare_run_dir(tmp_path, config, resume=False)
+    LeapRun.prepare_run_dir(tmp_path, config, resume=True)  # same config: fine
+    with pytest.raises(RuntimeError, match="already holds a run"):
+        LeapRun.prepare_run_dir(tmp_path, config, resume=False)
+    other = load_config(preset="smoke", overrides={"seed": 5})
+    with pytest.raises(RuntimeError, match="config differs"):
+        LeapRun.prepare_run_dir(tmp_path, other, resume=True)
+    # The snapshot round-trips into the same config.
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+def test_phase_order():
+    names = phase_names(2)
+    assert names[:2] == ["baseline.eval", "reference.eval"]
+    assert names.index("iter0.train") < names.index("iter0.load") < names.index("iter0.eval") < \
+        names.index("iter1.rollout") < names.index("iter1.correct") < names.index("iter2.eval")
+    assert names[-1] == "report"
+
+
+def test_state_persists_and_resumes(tmp_path):
+    state = RunState(tmp_path, ["a", "b", "c"])
+    state.begin("a")
+    out = tmp_path / "x.jsonl"
+    out.write_text("{}\n")
+    state.finish("a", {"rows_file": str(out)})
+    state.values["k"] = 1
+    state.save()
+    again = RunState(tmp_path, ["a", "b", "c"])
+    assert again.is_done("a") and not again.is_done("b")
+    assert again.next_pending() == "b"
+    assert again.outputs("a")["rows_sha256"] and again.values == {"k": 1}
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_aggregate_subsamples_to_smallest_and_is_seeded():
+    a = [{"i": f"a{k}"} for k in range(10)]
+    b = [{"i": f"b{k}"} for k in range(3)]
+    mixed = ds.aggregate([a, b], seed=1)
+    assert len(mixed) == 6
+    assert sum(r["i"].startswith("a") for r in mixed) == 3
+    assert mixed == ds.aggregate([a, b], seed=1)
+    assert ds.aggregate([a, []], seed=1) == ds.aggregate([a], seed=1)
+    assert ds.aggregate([[], []], seed=0) == []
+
+
+def test_seeds_are_stable_and_distinct():
+    assert derive_seed(0, "train-1", 3) == derive_seed(0, "train-1", 3)
+    assert derive_seed(0, "train-1", 3) != derive_seed(0, "train-1", 4)
+    assert 0 <= derive_seed("x") < 2 ** 63
+
+
+def test_history_window():
+    h = [("o1", "a1"), ("o2", "a2"), ("o3", "a3")]
+    assert trim_history(h, 2) == h[1:]
+    assert trim_history(h, 0) == []
+
+
+def _traj(won: bool, steps: int, task_type="pick_and_place_simple", valid=True):
+    t = common_pb2.Trajectory(won=won, done=True, score=1.0 if won else 0.0, task_type=task_type)
+    for k in range(steps):
+        t.steps.append(common_pb2.Step(index=k, action="look", action_valid=valid))
+    return t
+
+
+def test_summarize():
+    s = summarize([_traj(True, 4), _traj(False, 20, "look_at_obj_in_light", valid=False)])
+    assert s["overall"]["success"] == 50.0 and s["overall"]["mean_steps"] == 12.0
+    assert s["overall"]["invalid_action_rate"] == 20 / 24
+    assert s["by_task_type"]["look_at_obj_in_light"]["success"] == 0.0
+
+
+def test_trajectory_files_round_trip(tmp_path):
+    trajs = [_traj(True, 2), _traj(False, 3)]
+    path = ds.write_trajectories(tmp_path / "t.jsonl", trajs)
+    assert ds.read_trajectories(path) == trajs
+    assert all(json.loads(line) for line in path.read_text().splitlines())
