@@ -20,6 +20,8 @@ def configure(sub: argparse._SubParsersAction) -> None:
                      help="local: start/use services by address; kubernetes: trainer Jobs and replica hot swap "
                           "through the Kubernetes API")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--audit-student-inputs", metavar="FILE",
+                     help="append every request sent to the student (JSON lines) to FILE, for privacy audits")
     run.set_defaults(func=cmd_run)
 
     report = sub.add_parser("report", help="print the results table of a run again")
@@ -61,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         reporter.note("services: " + ", ".join(f"{k} {v}" for k, v in addresses.items()))
         stubs = ServiceStubs(addresses)
         try:
-            leap = LeapRun(config, run_dir, stubs, reporter)
+            leap = LeapRun(config, run_dir, stubs, reporter,
+                           act_hook=_audit_hook(args.audit_student_inputs) if args.audit_student_inputs else None)
             if args.platform == "kubernetes":
                 from orchestrator.platforms.kubernetes import attach_to_run
 
@@ -76,6 +79,22 @@ def cmd_run(args: argparse.Namespace) -> int:
                   f"plot: {run_dir / 'results.png'}")
     logging.getLogger("leap").info("run finished")
     return 0
+
+
+def _audit_hook(path: str):
+    import json
+    import threading
+
+    from google.protobuf import json_format
+
+    lock = threading.Lock()
+
+    def record(item) -> None:
+        line = json.dumps(json_format.MessageToDict(item), sort_keys=True)
+        with lock, open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    return record
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ SERVICE_NAMES = {
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: a crashed run takes its servers with it
     except OSError:
         pass
 
@@ -57,10 +57,12 @@ class LocalServices:
     started: dict[str, LaunchedService] = field(default_factory=dict)
     addresses: dict[str, str] = field(default_factory=dict)
 
+    privileged_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
     def start(self, config: RunConfig, startup_timeout: float = 300.0) -> dict[str, str]:
         svc_dir = self.run_dir / "services"
         svc_dir.mkdir(parents=True, exist_ok=True)
-        token = secrets.token_urlsafe(24)
+        token = self.privileged_token
         privileged_env = {"LEAP_PRIVILEGED_TOKEN": token}
         common = ["--host", "127.0.0.1", "--port", "0", "--log-format", "json"]
         self.addresses = {

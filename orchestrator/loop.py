@@ -17,7 +17,9 @@ versions as an uninterrupted one.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,16 @@ METHODS = {"sft": trainer_pb2.TRAINING_METHOD_SFT, "dpo": trainer_pb2.TRAINING_M
 TERMINAL = {trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED}
 MAX_TRAIN_ATTEMPTS = 3
 BASE_VERSION = "base"
+
+
+def fault_point(name: str) -> None:
+    """Crash-test hook: when $LEAP_FAULT_KILL names this point, the process kills itself (SIGKILL).
+
+    Used by the resume tests to kill the orchestrator at exact moments (mid-rollout, mid-training,
+    mid-hot-swap). Inert unless the variable is set.
+    """
+    if os.environ.get("LEAP_FAULT_KILL") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def phase_names(iterations: int) -> list[str]:
@@ -174,6 +186,7 @@ class LeapRun:
             def on_done(outcome):
                 nonlocal wins, done
                 done += 1
+                fault_point(f"{title}:episode-{done}")
                 if outcome.value is not None and outcome.value.won:
                     wins += 1
                 bar.advance(1, info=f"success {100 * wins / done:.0f}%")
@@ -323,6 +336,7 @@ class LeapRun:
                 request.CopyFrom(spec)
                 request.job_id = job_id
                 job = self.stubs.trainer.StartJob(request, timeout=60)
+                fault_point(f"{title}:submitted")
             if job.state in (trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED):
                 log.warning("training attempt ended badly; retrying", extra={"job_id": job_id, "error": job.error})
                 continue
@@ -339,6 +353,8 @@ class LeapRun:
                     for p in self.stubs.trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id)):
                         bar.update(completed=p.step, total=p.total_steps or None,
                                    info=f"loss {p.loss:.3f}  {p.tokens_per_second:.0f} tok/s")
+                        if p.step >= 1:
+                            fault_point(f"{title}:step-{p.step}")
                         if p.state in TERMINAL:
                             break
                 except grpc.RpcError as exc:
@@ -364,6 +380,7 @@ class LeapRun:
         with self.reporter.phase(f"hot-swap {version}", 1) as bar:
             try:
                 info = self.stubs.student.LoadAdapter(student_pb2.LoadAdapterRequest(checkpoint=ref), timeout=300)
+                fault_point(f"hot-swap {version}:loaded")
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                     raise
