@@ -1,0 +1,82 @@
+"""Environment backends: the interface (base.py) and a registry by name.
+
+A backend registers a factory under its name; the factory is imported only when that backend is
+created, so `leap env serve --env household` never imports TextWorld, Docker clients and the like.
+
+    register("webshop", "services.environment.backends.webshop:WebShopBackend")
+    backend = create("household", train_tasks="500")      # options: the backend's own keywords
+
+Factories take keyword options (strings are fine: they come from `--env-option key=value`).
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any, Callable, Union
+
+from services.environment.backends.base import (
+    ACTION_SPACES,
+    CANDIDATES,
+    FREE_FORM,
+    PLANNER,
+    PRIOR_SEARCHER,
+    SEARCHER,
+    TEMPLATED,
+    Backend,
+    Demonstration,
+    DemoStep,
+    EnvironmentSpec,
+    Episode,
+    ExpertAdvice,
+    Observation,
+    PrivilegedInfo,
+    TaskSummary,
+)
+from services.runtime.errors import NotFound
+
+Factory = Callable[..., Backend]
+_lock = threading.Lock()
+# name -> factory, or "module:attribute" naming one (imported on first use).
+_REGISTRY: dict[str, Union[str, Factory]] = {
+    "household": "services.environment.backends.household:HouseholdBackend",
+}
+
+
+def register(name: str, factory: Union[str, Factory]) -> None:
+    """Register (or replace) the factory of a backend name."""
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"backend names are letters, digits and underscores; got {name!r}")
+    with _lock:
+        _REGISTRY[name] = factory
+
+
+def available() -> list[str]:
+    """Registered backend names, sorted."""
+    with _lock:
+        return sorted(_REGISTRY)
+
+
+def _resolve(name: str) -> Factory:
+    with _lock:
+        factory = _REGISTRY.get(name)
+    if factory is None:
+        raise NotFound(f"unknown environment {name!r}; valid names: {', '.join(available())}")
+    if isinstance(factory, str):
+        module_name, _, attribute = factory.partition(":")
+        factory = getattr(importlib.import_module(module_name), attribute)
+        with _lock:
+            _REGISTRY[name] = factory
+    return factory
+
+
+def create(name: str, **options: Any) -> Backend:
+    """A new backend instance of a registered name (NotFound naming the valid names otherwise)."""
+    return _resolve(name)(**options)
+
+
+__all__ = [
+    "ACTION_SPACES", "CANDIDATES", "FREE_FORM", "PLANNER", "PRIOR_SEARCHER", "SEARCHER", "TEMPLATED",
+    "Backend", "DemoStep", "Demonstration", "EnvironmentSpec", "Episode", "ExpertAdvice", "Observation",
+    "PrivilegedInfo", "TaskSummary", "available", "create", "register",
+]

@@ -1,0 +1,205 @@
+"""The interface every environment backend implements (household today; alfworld, textworld,
+intercode_bash, webshop plug in the same way).
+
+A backend is transport-free plain Python: the session manager (service.py) owns sessions, limits,
+validation of raw action bytes and errors; a backend owns its tasks, its episodes and, when it has
+any, its privileged state and experts.
+
+What the interface allows beyond candidate lists:
+- free-form actions (a shell command): `action_space = "free_form"`, empty `candidates`;
+- templated actions (`search[...]`): `action_space = "templated"` and `Observation.action_templates`;
+- partial credit: `Observation.score` in [0, 1] is not tied to `won`;
+- privileged state in any of LEAP's forms (`PrivilegedInfo`: ALFWorld-style objects and locations,
+  WebShop's goal record, InterCode's gold command) and any subset of the expert kinds.
+
+Backends raise services.runtime.errors (NotFound naming the valid choices, InvalidArgument, ...),
+never transport errors.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from services.runtime.errors import FailedPrecondition
+
+# Action spaces (common.proto ActionSpace, by name).
+CANDIDATES = "candidates"
+FREE_FORM = "free_form"
+TEMPLATED = "templated"
+ACTION_SPACES = (CANDIDATES, FREE_FORM, TEMPLATED)
+
+# Expert kinds (environment.proto ExpertKind, by name).
+PLANNER = "planner"
+SEARCHER = "searcher"
+PRIOR_SEARCHER = "prior_searcher"
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """What ListEnvironments says about a backend."""
+
+    name: str
+    description: str
+    splits: tuple[str, ...]
+    action_space: str
+    default_horizon: int
+    version: str  # engine name and version, recorded in run manifests ("household 1.0")
+    task_types: tuple[str, ...] = ()
+    experts: tuple[str, ...] = ()  # expert kinds GetExpertActions / GetDemonstration support
+
+
+@dataclass(frozen=True)
+class TaskSummary:
+    """A task as listed: its id, split, instruction and family."""
+
+    task_id: str
+    split: str
+    goal: str
+    task_type: str = ""
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the agent perceives after Reset or Step (environment.proto Observation)."""
+
+    text: str
+    candidates: tuple[str, ...] = ()
+    reward: float = 0.0
+    score: float = 0.0
+    done: bool = False
+    won: bool = False
+    truncated: bool = False
+    step: int = 0
+    last_action_valid: bool = True
+    action_templates: tuple[str, ...] = ()
+    info: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PrivilegedInfo:
+    """LEAP's privileged state of a task after a replayed history (environment.proto PrivilegedState)."""
+
+    task: TaskSummary
+    essential_objects: tuple[str, ...] = ()
+    critical_locations: tuple[str, ...] = ()
+    optimal_actions: tuple[str, ...] = ()
+    facts: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
+    goal_record_json: str = ""
+    gold_command: str = ""
+    gold_output: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExpertAdvice:
+    """An expert's next action after a replayed history, its plan from there and its rationale."""
+
+    next_action: str
+    plan: tuple[str, ...]
+    already_won: bool
+    rationale: str = ""
+
+
+@dataclass(frozen=True)
+class DemoStep:
+    observation: str
+    candidates: tuple[str, ...]
+    action: str
+    reason: str
+    reward: float
+    action_valid: bool
+    next_observation: str
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    """A whole expert episode (common.proto Trajectory)."""
+
+    task: TaskSummary
+    expert: str
+    steps: tuple[DemoStep, ...]
+    done: bool
+    won: bool
+    score: float
+    truncated: bool
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class Episode(abc.ABC):
+    """One play of one task. Not thread-safe: the session manager serialises calls per session."""
+
+    task: TaskSummary
+    horizon: int
+
+    @abc.abstractmethod
+    def reset(self) -> Observation:
+        """The first observation (called once, right after the episode is created)."""
+
+    @abc.abstractmethod
+    def step(self, action: str) -> Observation:
+        """Apply one action (already validated as non-empty UTF-8 text) and observe."""
+
+    @property
+    @abc.abstractmethod
+    def steps(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def done(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def won(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def score(self) -> float: ...
+
+    def close(self) -> None:
+        """Release what the episode holds (a container, a sandbox); nothing for in-memory worlds."""
+
+
+class Backend(abc.ABC):
+    """An environment: its tasks, episodes over them, and optionally privileged state and experts."""
+
+    name: str = ""
+
+    @abc.abstractmethod
+    def spec(self) -> EnvironmentSpec: ...
+
+    @abc.abstractmethod
+    def num_tasks(self, split: str) -> int:
+        """Number of tasks of a split; unknown split -> NotFound naming the valid ones."""
+
+    @abc.abstractmethod
+    def list_tasks(self, split: str, offset: int, limit: int) -> list[TaskSummary]:
+        """Tasks [offset, offset + limit) of a split, in a stable order."""
+
+    @abc.abstractmethod
+    def task(self, task_id: str) -> TaskSummary:
+        """The task with this id; unknown -> NotFound saying what ids look like."""
+
+    def task_at(self, split: str, seed: int) -> TaskSummary:
+        """The seed-th task of a split, wrapping around (ResetRequest's split + seed)."""
+        size = self.num_tasks(split)
+        return self.list_tasks(split, seed % size, 1)[0]
+
+    @abc.abstractmethod
+    def start(self, task_id: str, horizon: int) -> Episode:
+        """A new episode of a task; horizon 0 means the default."""
+
+    # Privileged side: backends without it keep these defaults.
+    def privileged_state(self, task_id: str, actions: Sequence[str]) -> PrivilegedInfo:
+        raise FailedPrecondition(f"environment {self.name!r} exposes no privileged state")
+
+    def expert_advice(self, task_id: str, actions: Sequence[str], expert: str) -> ExpertAdvice:
+        raise FailedPrecondition(f"environment {self.name!r} has no experts")
+
+    def demonstration(self, task_id: str, expert: str, horizon: int) -> Demonstration:
+        raise FailedPrecondition(f"environment {self.name!r} has no experts")
+
+    def close(self) -> None:
+        """Release backend-wide resources at server shutdown."""
