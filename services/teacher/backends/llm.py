@@ -1,0 +1,206 @@
+"""The LLM teacher: a privileged prompt, one JSON answer per trajectory, validation and retries.
+
+One call per trajectory. The prompt (templates/llm/<env>/, falling back to templates/llm/default/)
+shows the task, the privileged information the realizability level allows, and the student's
+trajectory; it asks for {"summary": str, "steps": [{"t", "reason", "action"}]}. The answer is parsed
+tolerantly and validated (services.teacher.validation). An invalid answer is sent back with the
+problems listed, up to `max_retries` times; then the correction fails with ok=False and the last
+problems in `error` (the RPC still succeeds, so a LEAP run goes on with its other trajectories).
+
+What the prompt may show, by level (VISIBLE_PRIVILEGED): 0 nothing but the goal; 25 the task type and
+the objects it needs; 50, 75, 100 everything (facts, critical locations, optimal actions). What the
+reasons may reveal is set by the level's instructions and enforced below 75 by the leak detector.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from services.teacher import templates
+from services.teacher.backends.base import AnnotationJob, CorrectionJob
+from services.teacher.backends.chat import ChatModel, ChatRejected
+from services.teacher.leak import SecretIndex
+from services.teacher.levels import must_be_leak_free
+from services.teacher.privileged import PrivilegedSource
+from services.teacher.types import AnnotationResult, CorrectionResult, Usage
+from services.teacher.validation import (
+    AnswerFormatError,
+    Validated,
+    first_json_object,
+    validate_annotation,
+    validate_correction,
+)
+
+log = logging.getLogger("leap.teacher.llm")
+
+# level -> (show the objects the task needs, show where things are and how to solve it)
+VISIBLE_PRIVILEGED = {0: (False, False), 25: (True, False), 50: (True, True), 75: (True, True), 100: (True, True)}
+
+_ENV_TITLES = {
+    "household": "a text household world",
+    "alfworld": "ALFWorld, a text household world",
+    "textworld": "a TextWorld text adventure",
+    "webshop": "an online shop (WebShop)",
+    "intercode_bash": "a Bash shell (InterCode)",
+}
+
+
+@dataclass(frozen=True)
+class Pricing:
+    """US dollars per 1000 tokens, for cost accounting (0 for local or free models)."""
+
+    prompt_per_1k: float = 0.0
+    completion_per_1k: float = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return prompt_tokens / 1000.0 * self.prompt_per_1k + completion_tokens / 1000.0 * self.completion_per_1k
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    max_new_tokens: int = 1024
+    default_temperature: float = 0.0
+    default_max_retries: int = 2
+    # Prompt budget: observations and candidate lists longer than this are shortened.
+    max_observation_chars: int = 600
+    max_candidates: int = 60
+    request_timeout_s: float = 120.0
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def template_for(env: str, name: str) -> str:
+    specific = f"llm/{env}/{name}.j2"
+    return specific if env and templates.exists(specific) else f"llm/default/{name}.j2"
+
+
+class LlmTeacher:
+    name = "llm"
+
+    def __init__(self, chat: ChatModel, *, settings: LlmSettings | None = None, pricing: Pricing | None = None):
+        self.chat = chat
+        self.settings = settings or LlmSettings()
+        self.pricing = pricing or Pricing()
+
+    @property
+    def model(self) -> str:
+        return self.chat.model_id
+
+    # --- prompts -------------------------------------------------------------------------------
+    def _step_views(self, trajectory, with_candidates: bool) -> list[dict]:
+        views = []
+        for t, step in enumerate(trajectory.steps):
+            candidates = list(step.candidates) if with_candidates else []
+            if len(candidates) > self.settings.max_candidates:
+                hidden = len(candidates) - self.settings.max_candidates
+                candidates = candidates[: self.settings.max_candidates] + [f"(and {hidden} more)"]
+            views.append({"t": t, "observation": _clip(step.observation, self.settings.max_observation_chars),
+                          "candidates": candidates, "action": step.action})
+        return views
+
+    def correction_messages(self, job: CorrectionJob) -> list[dict]:
+        trajectory = job.trajectory
+        env = trajectory.task.env
+        show_objects, show_locations = VISIBLE_PRIVILEGED[job.level]
+        last = trajectory.steps[-1] if trajectory.steps else None
+        context = {
+            "env_title": _ENV_TITLES.get(env, f"the {env or 'text'} environment"),
+            "level": job.level,
+            "goal": trajectory.goal or job.privileged.goal,
+            "privileged": job.privileged if show_objects else None,
+            "show_locations": show_locations,
+            "steps": self._step_views(trajectory, with_candidates=True),
+            "final_observation": _clip(last.next_observation, self.settings.max_observation_chars) if last else "",
+        }
+        return [
+            {"role": "system", "content": templates.render(template_for(env, "correct_system"), **context)},
+            {"role": "user", "content": templates.render(template_for(env, "correct_user"), **context)},
+        ]
+
+    def annotation_messages(self, job: AnnotationJob) -> list[dict]:
+        demo = job.demonstration
+        env = demo.task.env
+        context = {
+            "env_title": _ENV_TITLES.get(env, f"the {env or 'text'} environment"),
+            "goal": demo.goal or job.privileged.goal,
+            "steps": self._step_views(demo, with_candidates=False),
+        }
+        return [
+            {"role": "system", "content": templates.render(template_for(env, "annotate_system"), **context)},
+            {"role": "user", "content": templates.render(template_for(env, "annotate_user"), **context)},
+        ]
+
+    # --- the retry loop ------------------------------------------------------------------------
+    def _ask_until_valid(self, messages: list[dict], check: Callable[[dict], Validated], *, max_retries: int,
+                         temperature: float, deadline, what: str) -> tuple[Validated | None, str, Usage, int]:
+        """Ask, validate, feed problems back; returns (valid result or None, last error, usage, attempts)."""
+        usage = Usage()
+        conversation = list(messages)
+        last_error = ""
+        attempts = 0
+        for attempt in range(1, max_retries + 2):
+            deadline.check(what)
+            attempts = attempt
+            try:
+                reply = self.chat.complete(conversation, max_tokens=self.settings.max_new_tokens,
+                                           temperature=temperature, timeout_s=deadline.remaining())
+            except ChatRejected as exc:
+                return None, str(exc), usage, attempts
+            usage.add(Usage(reply.prompt_tokens, reply.completion_tokens,
+                            self.pricing.cost(reply.prompt_tokens, reply.completion_tokens), 1))
+            try:
+                validated = check(first_json_object(reply.text))
+            except AnswerFormatError as exc:
+                validated = Validated(errors=[str(exc)])
+            if validated.ok:
+                return validated, "", usage, attempts
+            last_error = validated.message()
+            log.info("invalid teacher answer", extra={"attempt": attempt, "problems": last_error[:500]})
+            # Keep the prompt bounded: the original request, the last answer, and what was wrong with it.
+            conversation = list(messages) + [
+                {"role": "assistant", "content": reply.text},
+                {"role": "user", "content": templates.render("llm/retry.j2", errors=last_error)},
+            ]
+        return None, last_error, usage, attempts
+
+    def correct(self, job: CorrectionJob, source: PrivilegedSource) -> CorrectionResult:
+        index = SecretIndex.build(job.privileged)
+        leak_free = must_be_leak_free(job.level)
+        temperature = job.temperature if job.temperature > 0 else self.settings.default_temperature
+        retries = job.max_retries if job.max_retries > 0 else self.settings.default_max_retries
+        validated, error, usage, attempts = self._ask_until_valid(
+            self.correction_messages(job),
+            lambda obj: validate_correction(obj, job.trajectory, index, leak_free=leak_free),
+            max_retries=retries, temperature=temperature, deadline=job.deadline, what="the LLM correction",
+        )
+        if validated is None:
+            return CorrectionResult.failure(
+                self.name, job.level,
+                f"no valid correction after {attempts} attempt(s): {error}", usage=usage, attempts=attempts)
+        return CorrectionResult(ok=True, teacher=self.name, realizability_level=job.level,
+                                summary=validated.summary, steps=validated.steps, usage=usage, attempts=attempts)
+
+    def annotate(self, job: AnnotationJob, source: PrivilegedSource) -> AnnotationResult:
+        index = SecretIndex.build(job.privileged)
+        retries = job.max_retries if job.max_retries > 0 else self.settings.default_max_retries
+        validated, error, usage, attempts = self._ask_until_valid(
+            self.annotation_messages(job),
+            lambda obj: validate_annotation(obj, job.demonstration, index),
+            max_retries=retries, temperature=self.settings.default_temperature, deadline=job.deadline,
+            what="the LLM annotation",
+        )
+        if validated is None:
+            return AnnotationResult(ok=False, error=f"no valid annotation after {attempts} attempt(s): {error}",
+                                    usage=usage, attempts=attempts)
+        return AnnotationResult(ok=True, reasons=validated.reasons, usage=usage, attempts=attempts)
+
+    def close(self) -> None:
+        self.chat.close()
+
+
+__all__ = ["LlmSettings", "LlmTeacher", "Pricing", "VISIBLE_PRIVILEGED"]

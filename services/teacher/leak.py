@@ -1,0 +1,251 @@
+"""Leak detection: does a text reveal privileged facts the student has not observed?
+
+The privileged state lists `secrets` (short strings the student must not be told, such as
+"cabinet 3" as the hiding place of "apple 1") and `facts` (sentences such as "apple 1 is in
+cabinet 3"). A secret is *linked* to the entities that share a fact with it ("apple 1" for
+"cabinet 3"). The rules, applied to the secrets the student has not observed yet:
+
+1. A fact reproduced in the text leaks every secret it contains.
+2. A sentence that names a linked secret together with one of its linked entities leaks it
+   ("the apple is in cabinet 3", "go to cabinet 3 to get apple 1"), hedged or not: the pair is the
+   hidden fact. Entities match by instance ("apple 1") or by type ("apple", "apples").
+3. A sentence that asserts where something is and names a linked secret as the place leaks it
+   ("it is in cabinet 3", "you will find it inside cabinet 3").
+4. A secret that is the subject of a fact (an unseen object's instance name, "apple 2" of
+   "apple 2 is in fridge 1"), and a secret with no linked entity (a whole fact, a gold command, a
+   product name), leak whenever they are named.
+
+Naming a place on its own is not a leak: "cabinet 3 has not been searched yet, go there next" is a
+realizable instruction, because the student sees "go to cabinet 3" among its candidates. General
+priors ("apples are often kept in the fridge") name no secret and never leak.
+
+A secret is *observed* (no longer secret) at step t once an observation the student has seen up
+to t shows it: a place named together with one of its linked entities ("You open the cabinet 3. In
+it, you see a apple 1."), a fact's entities all named in one observation, any other secret named at
+all. The student's own actions up to t make the names it wrote no secret ("take apple 2 from
+fridge 1" tells it nothing new about "apple 2") but never reveal a place, and quoting them is no leak.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Protocol, Sequence
+
+# An entity in the household/ALFWorld style: lowercase words followed by an instance number.
+_ENTITY = re.compile(r"\b([a-z][a-z\-]*(?: [a-z][a-z\-]*){0,2}) (\d+)\b")
+# Words that end an entity's name on the left ("apple 1 is in cabinet 3": "in" is not part of it).
+_NOT_NAME = {
+    "a", "an", "the", "is", "are", "was", "were", "in", "on", "at", "of", "to", "from", "into", "onto",
+    "inside", "under", "with", "and", "or", "it", "its", "there", "you", "i", "see", "find", "go", "take",
+    "put", "move", "open", "close", "examine", "use", "heat", "cool", "clean", "slice", "check", "step",
+    "steps", "than", "then", "after", "before", "by", "for", "near", "next", "be", "has", "have", "had",
+}
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
+_ASSERT_PLACE = (
+    r"(?:\bis|\bare|\bwas|\bwere|'s|\blies|\bsits|\bstays|\blocated|\bhidden|\bstored|\bkept|\bplaced"
+    r"|\bfind\b[^.?!;]{0,30}?|\bfound|\bget (?:it|them|one))"
+    r"\s+(?:\w+\s+)?(?:in|on|inside|at|under|within|in/on)\s+(?:the\s+)?"
+)
+
+
+class PrivilegedFacts(Protocol):
+    """What the detector reads from a PrivilegedState (the protobuf message satisfies it)."""
+
+    secrets: Sequence[str]
+    facts: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One secret revealed by a text, with the sentence that reveals it and the rule that fired."""
+
+    secret: str
+    sentence: str
+    rule: str
+
+    def describe(self) -> str:
+        return f"{self.secret!r} revealed by {self.rule}: {self.sentence!r}"
+
+
+def normalize_text(text: str) -> str:
+    """Lowercase, straight quotes, single spaces: the form every comparison uses."""
+    text = text.lower().replace("\u2019", "'").replace("\u2018", "'")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _contains(haystack: str, needle: str) -> bool:
+    """Whole-word, case-insensitive containment (both already normalized)."""
+    if not needle:
+        return False
+    return re.search(r"(?<![\w])" + re.escape(needle) + r"(?![\w])", haystack) is not None
+
+
+def entities_in(text: str) -> list[str]:
+    """Instance names ("apple 1", "butter knife 2") mentioned in a text, in order, without repeats."""
+    found: list[str] = []
+    for match in _ENTITY.finditer(normalize_text(text)):
+        words = match.group(1).split()
+        while words and words[0] in _NOT_NAME:
+            words.pop(0)
+        # Keep the last words only when an earlier one is a stop word ("see a apple 1" -> "apple 1").
+        for i in range(len(words) - 1, -1, -1):
+            if words[i] in _NOT_NAME:
+                words = words[i + 1:]
+                break
+        if words:
+            name = f"{' '.join(words)} {match.group(2)}"
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def entity_type(entity: str) -> str:
+    """"apple 1" -> "apple"; names without an instance number are returned unchanged."""
+    return re.sub(r"\s+\d+$", "", normalize_text(entity))
+
+
+def _type_pattern(kind: str) -> str:
+    """Regex for a type name in singular or plural ("apple" / "apples", "tomato" / "tomatoes")."""
+    return r"(?<![\w])" + re.escape(kind) + r"(?:s|es)?(?![\w])(?!\s+\d)"
+
+
+@dataclass
+class SecretIndex:
+    """Secrets of one privileged state, each with the entities it shares a fact with."""
+
+    secrets: list[str]
+    facts: list[str]
+    linked: dict[str, list[str]] = field(default_factory=dict)
+    # Secrets that are the subject of a fact ("apple 2" in "apple 2 is in fridge 1"): named = leaked.
+    subjects: set[str] = field(default_factory=set)
+
+    def is_place(self, secret: str) -> bool:
+        """A secret that leaks only together with what it hides (a receptacle, a location)."""
+        return bool(self.linked.get(secret)) and secret not in self.subjects
+
+    @classmethod
+    def build(cls, state: PrivilegedFacts) -> SecretIndex:
+        secrets = [normalize_text(s) for s in state.secrets if s and s.strip()]
+        facts = [normalize_text(f) for f in state.facts if f and f.strip()]
+        linked: dict[str, list[str]] = {}
+        for secret in secrets:
+            partners: list[str] = []
+            for fact in facts:
+                if not _contains(fact, secret):
+                    continue
+                for entity in entities_in(fact.replace(secret, " ")):
+                    if entity != secret and entity not in partners and not _contains(secret, entity):
+                        partners.append(entity)
+            linked[secret] = partners
+        subjects = {s for s in secrets if any(f.startswith(s + " ") for f in facts)}
+        return cls(secrets=list(dict.fromkeys(secrets)), facts=facts, linked=linked, subjects=subjects)
+
+    def observed(self, secret: str, observations: Iterable[str]) -> bool:
+        """True when one observation names a place secret with a linked entity, or another secret at all."""
+        partners = self.linked.get(secret, []) if self.is_place(secret) else []
+        # A statement ("apple 2 is in fridge 1") is observed when one observation names all its entities.
+        parts = entities_in(secret)
+        for text in observations:
+            norm = normalize_text(text)
+            if len(parts) >= 2 and all(_contains(norm, p) for p in parts):
+                return True
+            if not _contains(norm, secret):
+                continue
+            if not partners or any(_contains(norm, p) for p in partners):
+                return True
+        return False
+
+    def said(self, secret: str, said: Iterable[str]) -> bool:
+        """True when the student itself wrote a name secret (its own action "take apple 2 from fridge 1"
+        makes "apple 2" no news to it, but never tells it where anything is)."""
+        if self.is_place(secret):
+            return False
+        return any(_contains(normalize_text(text), secret) for text in said)
+
+    def unobserved(self, observations: Sequence[str], said: Sequence[str] = ()) -> list[str]:
+        return [s for s in self.secrets if not self.observed(s, observations) and not self.said(s, said)]
+
+
+def _sentences(text: str) -> list[str]:
+    return [s for s in (part.strip() for part in _SENTENCE_SPLIT.split(normalize_text(text))) if s]
+
+
+def find_leaks(text: str, state: PrivilegedFacts | SecretIndex, observations: Sequence[str] = (),
+               said: Sequence[str] = ()) -> list[Leak]:
+    """The secrets of `state` that `text` reveals and that no observation in `observations` showed.
+
+    `observations` is what the student saw up to the step the text is about (observation texts,
+    not candidate lists); `said` what it wrote itself up to then (its actions): quoting the student's
+    own words is no leak, though they never reveal a hiding place. Returns one Leak per revealed
+    secret (the first sentence that reveals it).
+    """
+    index = state if isinstance(state, SecretIndex) else SecretIndex.build(state)
+    hidden = index.unobserved(observations, said)
+    if not hidden or not text or not text.strip():
+        return []
+    whole = _without_quotes(normalize_text(text), said)
+    sentences = _sentences(whole)
+    leaks: list[Leak] = []
+    for secret in hidden:
+        leak = _leak_of(secret, index, whole, sentences)
+        if leak is not None:
+            leaks.append(leak)
+    return leaks
+
+
+def _without_quotes(text: str, said: Sequence[str]) -> str:
+    """The text with the student's own actions blanked out: repeating them tells it nothing new."""
+    for action in sorted({normalize_text(a) for a in said if a and a.strip()}, key=len, reverse=True):
+        text = re.sub(r"(?<![\w])" + re.escape(action) + r"(?![\w])", " (its action) ", text)
+    return text
+
+
+def _leak_of(secret: str, index: SecretIndex, whole: str, sentences: list[str]) -> Leak | None:
+    for fact in index.facts:
+        if _contains(fact, secret) and _contains(whole, fact):
+            return Leak(secret, fact, "a privileged fact quoted verbatim")
+    if not index.is_place(secret):
+        # Secrets may hold punctuation (commands, product names): look for them in the whole text.
+        if _contains(whole, secret):
+            sentence = next((s for s in sentences if _contains(s, secret)), secret)
+            return Leak(secret, sentence, "naming an unobserved secret")
+        return None
+    partners = index.linked[secret]
+    for sentence in sentences:
+        if not _contains(sentence, secret):
+            continue
+        for partner in partners:
+            if _contains(sentence.replace(secret, " "), partner):
+                return Leak(secret, sentence, f"naming {partner!r} with its hidden place")
+            if re.search(_type_pattern(entity_type(partner)), sentence.replace(secret, " ")):
+                return Leak(secret, sentence, f"naming a {entity_type(partner)} with its hidden place")
+        if re.search(_ASSERT_PLACE + re.escape(secret) + r"(?![\w])", sentence):
+            return Leak(secret, sentence, "asserting that something is in an unobserved place")
+    return None
+
+
+def leaked_secrets(text: str, state: PrivilegedFacts, observations: Sequence[str] = (),
+                   said: Sequence[str] = ()) -> list[str]:
+    """Just the leaked secret strings (see find_leaks)."""
+    return [leak.secret for leak in find_leaks(text, state, observations, said)]
+
+
+def observations_up_to(trajectory, t: int) -> list[str]:
+    """What the student of `trajectory` (a common.proto Trajectory) had seen when it acted at step t:
+    the observations of steps 0..t (each step's observation is the one it acted on)."""
+    steps = list(trajectory.steps)
+    return [step.observation for step in steps[: t + 1]]
+
+
+def observations_all(trajectory) -> list[str]:
+    """Everything the student saw in the whole episode, the final observation included."""
+    texts = [step.observation for step in trajectory.steps]
+    if trajectory.steps and trajectory.steps[-1].next_observation:
+        texts.append(trajectory.steps[-1].next_observation)
+    return texts
+
+
+def actions_up_to(trajectory, t: int) -> list[str]:
+    """What the student wrote itself up to and including step t (its actions)."""
+    return [step.action for step in list(trajectory.steps)[: t + 1]]

@@ -1,0 +1,119 @@
+"""The leak detector on its own: positive and negative cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from leap.v1 import environment_pb2 as env_pb
+from services.teacher.leak import SecretIndex, entities_in, find_leaks, leaked_secrets
+
+STATE = env_pb.PrivilegedState(
+    secrets=["cabinet 3", "countertop 2"],
+    facts=["apple 1 is in cabinet 3", "butterknife 2 is on countertop 2"],
+)
+SEEN_NOTHING = ["You are in the middle of a kitchen. Looking quickly around you, you see a cabinet 1, "
+                "a cabinet 2, a cabinet 3, a countertop 1, a countertop 2, and a fridge 1."]
+SEEN_APPLE = SEEN_NOTHING + ["You arrive at cabinet 3. The cabinet 3 is closed.",
+                             "You open the cabinet 3. The cabinet 3 is open. In it, you see a apple 1, and a cup 2."]
+
+
+@pytest.mark.parametrize("text", [
+    "The apple is in cabinet 3.",
+    "apple 1 is in cabinet 3",
+    "Go to cabinet 3 to get the apple.",
+    "I bet the apples are kept in cabinet 3",
+    "It is in cabinet 3, go there.",
+    "You will find it inside cabinet 3.",
+    "Let me check cabinet 1. The APPLE 1 IS IN CABINET 3 anyway.",
+])
+def test_stating_a_hidden_place_leaks(text):
+    assert leaked_secrets(text, STATE, SEEN_NOTHING) == ["cabinet 3"]
+
+
+@pytest.mark.parametrize("text", [
+    "Apples are often kept in the fridge, so I should check the fridge first.",
+    "Fruit is usually kept cold or on a counter.",
+    "I have not searched cabinet 3 yet, so I should go there next.",
+    "So I should go to cabinet 3 next.",
+    "",
+])
+def test_general_principles_and_bare_places_do_not_leak(text):
+    assert leaked_secrets(text, STATE, SEEN_NOTHING) == []
+
+
+def test_what_the_student_saw_is_no_longer_secret():
+    text = "The apple 1 is in cabinet 3, so I should take it."
+    assert leaked_secrets(text, STATE, SEEN_NOTHING) == ["cabinet 3"]
+    assert leaked_secrets(text, STATE, SEEN_APPLE) == []
+
+
+def test_arriving_at_a_closed_place_reveals_nothing():
+    # The student stood in front of the closed cabinet 3: its content is still hidden.
+    seen = SEEN_NOTHING + ["You arrive at cabinet 3. The cabinet 3 is closed."]
+    assert leaked_secrets("the apple is in cabinet 3", STATE, seen) == ["cabinet 3"]
+
+
+def test_each_secret_is_judged_on_its_own():
+    text = "The butterknife is on countertop 2 and the apple is in cabinet 3."
+    assert sorted(leaked_secrets(text, STATE, SEEN_NOTHING)) == ["cabinet 3", "countertop 2"]
+    assert leaked_secrets(text, STATE, SEEN_APPLE) == ["countertop 2"]
+
+
+def test_quoting_a_fact_verbatim_leaks():
+    leaks = find_leaks("Hint: butterknife 2 is on countertop 2.", STATE, SEEN_NOTHING)
+    assert [leak.secret for leak in leaks] == ["countertop 2"]
+    assert leaks[0].rule == "a privileged fact quoted verbatim"
+
+
+def test_unlinked_secrets_leak_whenever_named():
+    state = env_pb.PrivilegedState(secrets=["find . -name '*.log' -delete"], facts=[])
+    assert leaked_secrets("Run find . -name '*.log' -delete now", state, []) != []
+    assert leaked_secrets("Use find with -name and -delete", state, []) == []
+    assert leaked_secrets("Use find with -name", state, ["$ find . -name '*.log' -delete"]) == []
+
+
+def test_entities_are_extracted_without_articles_or_verbs():
+    text = "On the countertop 1, you see a apple 1, a butter knife 2, and a desklamp 1. You arrive at sink basin 1."
+    assert entities_in(text) == ["countertop 1", "apple 1", "butter knife 2", "desklamp 1", "sink basin 1"]
+
+
+def test_index_links_secrets_to_the_objects_they_hide():
+    index = SecretIndex.build(STATE)
+    assert index.linked == {"cabinet 3": ["apple 1"], "countertop 2": ["butterknife 2"]}
+
+
+def test_state_without_secrets_never_leaks():
+    assert find_leaks("the apple is in cabinet 3", env_pb.PrivilegedState(), []) == []
+
+
+# The household environment's form: per unseen object, its location fact, its hiding place and its name.
+HOUSEHOLD = env_pb.PrivilegedState(
+    facts=["apple 1 is on countertop 1", "apple 2 is in fridge 1", "diningtable 1 is clean"],
+    secrets=["apple 1 is on countertop 1", "countertop 1", "apple 1", "apple 2 is in fridge 1", "fridge 1", "apple 2"],
+)
+
+
+@pytest.mark.parametrize("text, leaked", [
+    ("Apples are usually kept in the fridge, so I check the fridge.", []),
+    ("I should go to fridge 1 next.", []),
+    ("The apple is in fridge 1.", ["fridge 1"]),
+    ("apple 2 is in fridge 1", ["apple 2 is in fridge 1", "fridge 1", "apple 2"]),
+    ("I need apple 2.", ["apple 2"]),
+    ("An apple is on countertop 1, go there.", ["countertop 1"]),
+])
+def test_household_secrets(text, leaked):
+    assert sorted(leaked_secrets(text, HOUSEHOLD, SEEN_NOTHING)) == sorted(leaked)
+
+
+def test_household_secrets_once_seen():
+    seen = SEEN_NOTHING + ["You arrive at countertop 1. On the countertop 1, you see a apple 1, and a bread 1."]
+    assert leaked_secrets("Take apple 1: the apple 1 is on countertop 1.", HOUSEHOLD, seen) == []
+    assert leaked_secrets("Then find apple 2 in fridge 1.", HOUSEHOLD, seen) == ["fridge 1", "apple 2"]
+
+
+def test_quoting_the_students_own_action_is_no_leak():
+    said = ["go to cabinet 1", "take apple 1 from cabinet 3"]
+    text = '"take apple 1 from cabinet 3" had no effect, so it is not possible here.'
+    assert leaked_secrets(text, STATE, SEEN_NOTHING, said) == []
+    # ... but its words never reveal where things are.
+    assert leaked_secrets("Right: the apple 1 is in cabinet 3.", STATE, SEEN_NOTHING, said) == ["cabinet 3"]
