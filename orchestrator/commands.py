@@ -57,9 +57,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     reporter.note(f"[bold]LEAP run[/] {config.name} -> {run_dir}")
     services = LocalServices(run_dir)
     started = time.monotonic()
+    if args.platform == "kubernetes":
+        missing = [name for name, addr in (("environment", config.environment.address),
+                                           ("student", config.student.address),
+                                           ("teacher", config.teacher.address)) if not addr]
+        if missing:
+            console.print(f"[red]--platform kubernetes needs the address of: {', '.join(missing)} "
+                          "(set environment.address, student.address, teacher.address in the config)")
+            return 2
     try:
         with console.status("starting services (the student loads its model)..."):
-            addresses = services.start(config)
+            addresses = services.start(config, start_trainer=args.platform != "kubernetes")
         reporter.note("services: " + ", ".join(f"{k} {v}" for k, v in addresses.items()))
         stubs = ServiceStubs(addresses)
         try:

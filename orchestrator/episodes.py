@@ -43,7 +43,9 @@ class ServiceStubs:
         self.env = environment_pb2_grpc.EnvironmentServiceStub(self._channels["environment"])
         self.student = student_pb2_grpc.StudentServiceStub(self._channels["student"])
         self.teacher = teacher_pb2_grpc.TeacherServiceStub(self._channels["teacher"])
-        self.trainer = trainer_pb2_grpc.TrainerServiceStub(self._channels["trainer"])
+        # No trainer service on Kubernetes: training runs as Jobs (orchestrator.platforms.kubernetes).
+        self.trainer = (trainer_pb2_grpc.TrainerServiceStub(self._channels["trainer"])
+                        if "trainer" in self._channels else None)
 
     def close(self) -> None:
         for channel in self._channels.values():

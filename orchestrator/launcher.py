@@ -59,7 +59,7 @@ class LocalServices:
 
     privileged_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
-    def start(self, config: RunConfig, startup_timeout: float = 300.0) -> dict[str, str]:
+    def start(self, config: RunConfig, startup_timeout: float = 300.0, start_trainer: bool = True) -> dict[str, str]:
         svc_dir = self.run_dir / "services"
         svc_dir.mkdir(parents=True, exist_ok=True)
         token = self.privileged_token
@@ -79,7 +79,9 @@ class LocalServices:
             self._spawn("student", ["student", "serve", "--model", s.model, "--device", s.device,
                                     "--max-batch-size", str(s.max_batch_size), "--max-wait-ms", str(s.max_wait_ms),
                                     "--history-window", str(s.history_window), *common], {})
-        if not self.addresses["trainer"]:
+        if not start_trainer:
+            del self.addresses["trainer"]
+        elif not self.addresses["trainer"]:
             self._spawn("trainer", ["trainer", "serve", "--state-dir", str(svc_dir / "trainer-state"),
                                     "--runs-dir", str(self.run_dir), *common], {})
         # The teacher needs the environment's address, so wait for the environment first.

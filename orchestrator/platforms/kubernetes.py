@@ -401,7 +401,13 @@ class KubernetesPlatform:
         stuck_since: dict[str, float] = {}
         last_status = ""
         while True:
-            job = self._call(f"read trainer Job {name}", self.batch.read_namespaced_job, name, self.namespace)
+            try:
+                job = self._call(f"read trainer Job {name}", self.batch.read_namespaced_job, name, self.namespace)
+            except KubernetesError as exc:
+                if getattr(exc, "status", None) == 404:
+                    raise TrainerJobFailed(f"trainer Job {name} disappeared (deleted while it ran?)",
+                                           job_name=name, reason="Deleted") from exc
+                raise
             phase = job_phase(job)
             if phase == "succeeded":
                 return self._result_of(name, job)
