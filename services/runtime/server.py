@@ -48,6 +48,7 @@ class ServiceHost:
         self.label = label
         self._on_shutdown = list(on_shutdown or [])
         self._stopped = threading.Event()
+        self._shutdown_complete = threading.Event()
         self._health = health.HealthServicer(experimental_non_blocking=True)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix=f"{label}-rpc"),
@@ -115,6 +116,7 @@ class ServiceHost:
             except Exception:  # noqa: BLE001 - shutdown must go on
                 log.exception("shutdown hook failed")
         log.info("stopped")
+        self._shutdown_complete.set()
 
     def wait(self) -> None:
         """Block until SIGTERM/SIGINT (main thread) or stop(); then shut down gracefully."""
@@ -123,6 +125,9 @@ class ServiceHost:
                 signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
         self._stopped.wait()
         self.server.wait_for_termination()
+        # stop() runs in another thread when a signal arrived: return only once its hooks have run
+        # (e.g. a model's decode thread has stopped), so the process never exits mid-shutdown.
+        self._shutdown_complete.wait()
 
 
 def serve_forever(config: ServerConfig, registrations: list[Registration], *,

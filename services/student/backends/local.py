@@ -1,0 +1,594 @@
+"""Local backend: transformers + peft, one model, continuous batching, LoRA hot swap.
+
+Decoding
+    One scheduler thread owns the model. It runs its own KV-cached decode loop rather than
+    `generate()`, because it needs per-row control that `generate()` does not give:
+    - rows join a running batch between decode steps (iteration-level batching): a newcomer's prompt
+      is prefilled on its own, its KV cache is left-padded to the batch's length and concatenated;
+      finished rows leave at once (their futures resolve, the cache shrinks);
+    - every row has its own temperature, top_p, max_new_tokens and torch.Generator, so a seeded row
+      draws the same random numbers whatever else is in the batch (reproducibility);
+    - a row stops at the end of its ACTION line (or at eos, or at max_new_tokens);
+    - rows of different adapter versions share a forward pass through peft's per-row
+      `adapter_names`; a batch of one version uses the plain (faster) path.
+    Left padding with explicit position ids keeps every row's positions as if it ran alone.
+
+Hot swap
+    `prepare_adapter` reads and verifies the checkpoint on the caller's thread (hashes, config,
+    safetensors structure, weight shapes against the model) and loads its tensors; only the final
+    injection runs on the scheduler thread, between two decode steps, so requests keep flowing and
+    no forward pass ever sees a half-loaded adapter. A failed injection is rolled back.
+
+Models: "smollm2" (default, offline), any local folder, or a hub id; fp32 on CPU, bf16/fp16 on GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from services.models import load_model_and_tokenizer, resolve_model
+from services.runtime.errors import FailedPrecondition, Unavailable
+from services.student import metrics
+from services.student.backends.base import Backend, PreparedAdapter
+from services.student.checkpoints import check_base_model, read_checkpoint
+from services.student.prompts import action_line_complete, chat_prompt
+from services.student.types import (
+    CheckpointSpec,
+    EncodedPrompt,
+    Generation,
+    GenerationRequest,
+    ModelDescription,
+)
+
+log = logging.getLogger("leap.student.local")
+
+_SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct", "default",
+                  "HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct")
+_BASE_ROW = "__base__"  # peft's name for "no adapter" in per-row adapter_names
+
+
+@dataclass
+class LocalOptions:
+    model: str = "smollm2"
+    device: str = "auto"
+    dtype: str = "auto"
+    max_batch_size: int = 8
+    #: How long the first queued row waits for companions before a new batch starts, and how long
+    #: newcomers may wait before they are prefilled into a running batch.
+    max_wait_ms: float = 10.0
+    #: Stop a row at the end of its ACTION line (True) or only at eos / max_new_tokens.
+    stop_at_action_line: bool = True
+    #: Relative checkpoint URIs resolve against this folder (the shared run root).
+    checkpoint_root: str = ""
+
+
+class _Row:
+    """A request inside the scheduler: its prompt, its sampling state and what it generated so far."""
+
+    __slots__ = ("request", "future", "enqueued", "generator", "tokens", "position", "max_batch", "started")
+
+    def __init__(self, request: GenerationRequest, future: Future):
+        self.request = request
+        self.future = future
+        self.enqueued = time.monotonic()
+        self.generator: torch.Generator | None = None
+        self.tokens: list[int] = []
+        self.position = 0
+        self.max_batch = 0
+        self.started = 0.0
+
+
+class _Batch:
+    """Rows decoding together: their shared KV cache, attention mask and next-token logits."""
+
+    def __init__(self, rows: list[_Row], cache, mask: torch.Tensor, logits: torch.Tensor):
+        self.rows = rows
+        self.cache = cache
+        self.mask = mask
+        self.logits = logits
+
+
+class LocalBackend(Backend):
+    kind = "local"
+
+    def __init__(self, options: LocalOptions | None = None):
+        self.options = options or LocalOptions()
+        if self.options.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        self.model = None
+        self.tokenizer = None
+        self.peft = None  # peft.PeftModel once the first adapter is installed
+        self.spec = None
+        self.device = ""
+        self.dtype = None
+        self._eos_ids: set[int] = set()
+        self._linear_shapes: dict[str, tuple[int, int]] = {}
+        self._base_names: list[str] = []
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._tokenizer_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending: deque[_Row] = deque()
+        self._control: deque[tuple[Callable[[], Any], Future]] = deque()
+        self._thread: threading.Thread | None = None
+        self._can_join = True
+        self._adapter_mode: str | None = None  # what the peft layers are set to: handle, "disabled" or None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        started = time.perf_counter()
+        import peft  # noqa: F401 - imported now so that the first LoadAdapter does not pay for it
+        self.model, self.tokenizer, self.spec = load_model_and_tokenizer(
+            self.options.model, device=self.options.device, dtype=self.options.dtype, padding_side="left")
+        self.device = str(next(self.model.parameters()).device)
+        self.dtype = next(self.model.parameters()).dtype
+        eos = self.tokenizer.eos_token_id
+        self._eos_ids = {eos} if eos is not None else set()
+        gen_eos = getattr(self.model.generation_config, "eos_token_id", None)
+        if isinstance(gen_eos, int):
+            self._eos_ids.add(gen_eos)
+        elif isinstance(gen_eos, (list, tuple)):
+            self._eos_ids.update(int(e) for e in gen_eos)
+        self._linear_shapes = {
+            name: (module.in_features, module.out_features)
+            for name, module in self.model.named_modules()
+            if isinstance(module, torch.nn.Linear)
+        }
+        names = {self.options.model, self.spec.location, getattr(self.model.config, "_name_or_path", "")}
+        if resolve_model(self.options.model).location == resolve_model("smollm2").location:
+            names.update(_SMOLLM2_NAMES)
+        self._base_names = [self.spec.requested] + sorted(n for n in names if n and n != self.spec.requested)
+        self._thread = threading.Thread(target=self._loop, name="student-batcher", daemon=True)
+        self._thread.start()
+        self._ready.set()
+        log.info("model loaded", extra={"model": self.spec.location, "device": self.device,
+                                        "dtype": str(self.dtype).replace("torch.", ""),
+                                        "seconds": round(time.perf_counter() - started, 2)})
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._cond:
+            while self._pending:
+                row = self._pending.popleft()
+                if not row.future.done():
+                    row.future.set_exception(Unavailable("the student server is shutting down"))
+            while self._control:
+                _, fut = self._control.popleft()
+                if not fut.done():
+                    fut.set_exception(Unavailable("the student server is shutting down"))
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    # -- prompts ---------------------------------------------------------------------------------
+
+    def encode_prompt(self, messages: list[dict[str, str]]) -> EncodedPrompt:
+        with self._tokenizer_lock:  # one Rust tokenizer shared by the handler threads
+            text = chat_prompt(self.tokenizer, messages)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return EncodedPrompt(messages=messages, text=text, ids=list(ids), token_count=len(ids))
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def submit(self, requests: list[GenerationRequest]) -> list[Future[Generation]]:
+        if not self.ready:
+            raise Unavailable("the model is still loading; retry when the health check reports SERVING")
+        futures: list[Future[Generation]] = []
+        with self._cond:
+            if self._stop.is_set():
+                raise Unavailable("the student server is shutting down")
+            for request in requests:
+                if request.prompt.ids is None:
+                    raise ValueError("the local backend needs token ids")
+                future: Future[Generation] = Future()
+                self._pending.append(_Row(request, future))
+                futures.append(future)
+            metrics.QUEUE_DEPTH.set(len(self._pending))
+            self._cond.notify_all()
+        return futures
+
+    def _loop(self) -> None:
+        """The scheduler: sample, retire finished rows, run control commands, decode, admit newcomers."""
+        batch: _Batch | None = None
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                newcomers: list[_Row] = []
+                try:
+                    if batch is None:
+                        self._wait_for_work()
+                        self._run_control()
+                        newcomers = self._take_newcomers(self.options.max_batch_size, first_batch=True)
+                        if newcomers:
+                            batch = self._prefill(newcomers)
+                        continue
+                    batch = self._step(batch)
+                    self._run_control()
+                    if batch is not None:
+                        batch = self._decode(batch)
+                        self._run_control()  # an adapter load waits for one forward pass at most
+                    room = self.options.max_batch_size - (len(batch.rows) if batch else 0)
+                    if room > 0 and (batch is None or self._can_join):
+                        newcomers = self._take_newcomers(room, first_batch=batch is None)
+                        if newcomers:
+                            joined = self._prefill(newcomers)
+                            batch = joined if batch is None else self._merge(batch, joined)
+                except Exception as exc:  # noqa: BLE001 - fail the rows involved, keep serving
+                    log.exception("generation failed; failing the rows of this batch")
+                    for row in (batch.rows if batch is not None else []) + newcomers:
+                        if not row.future.done():
+                            row.future.set_exception(exc)
+                    batch = None
+            for row in batch.rows if batch is not None else []:
+                if not row.future.done():
+                    row.future.set_exception(Unavailable("the student server is shutting down"))
+
+    def _wait_for_work(self) -> None:
+        with self._cond:
+            while not self._pending and not self._control and not self._stop.is_set():
+                self._cond.wait(timeout=1.0)
+
+    def _take_newcomers(self, room: int, *, first_batch: bool) -> list[_Row]:
+        """Rows to start now: up to `room`, once enough are queued or the oldest has waited long enough."""
+        wait_s = self.options.max_wait_ms / 1000.0
+        with self._cond:
+            while True:
+                self._drop_cancelled_pending()
+                if not self._pending or self._stop.is_set():
+                    return []
+                oldest_wait = time.monotonic() - self._pending[0].enqueued
+                if len(self._pending) >= room or oldest_wait >= wait_s:
+                    break
+                if not first_batch:
+                    return []  # a batch is running: check again after the next step
+                if self._control:
+                    return []
+                self._cond.wait(timeout=wait_s - oldest_wait)
+            rows = [self._pending.popleft() for _ in range(min(room, len(self._pending)))]
+            metrics.QUEUE_DEPTH.set(len(self._pending))
+        now = time.monotonic()
+        for row in rows:
+            metrics.QUEUE_WAIT.observe(now - row.enqueued)
+            row.started = now
+        return rows
+
+    def _drop_cancelled_pending(self) -> None:
+        if any(row.request.cancelled.is_set() for row in self._pending):
+            kept = deque()
+            for row in self._pending:
+                if row.request.cancelled.is_set():
+                    row.future.cancel()
+                else:
+                    kept.append(row)
+            self._pending = kept
+
+    # -- model calls -----------------------------------------------------------------------------
+
+    def _forward(self, rows: list[_Row], **inputs):
+        model = self.peft if self.peft is not None else self.model
+        handles = [row.request.adapter_handle for row in rows]
+        if self.peft is not None:
+            if len(set(handles)) == 1:
+                self._set_adapter_mode(handles[0] or "disabled")
+            else:
+                self._set_adapter_mode("mixed")
+                inputs["adapter_names"] = [h or _BASE_ROW for h in handles]
+        metrics.BATCH_SIZE.observe(len(rows))
+        for row in rows:
+            row.max_batch = max(row.max_batch, len(rows))
+        return model(**inputs, use_cache=True, logits_to_keep=1)
+
+    def _set_adapter_mode(self, mode: str) -> None:
+        """Put peft's layers in the state a uniform batch needs (mixed batches pass adapter_names)."""
+        if mode == self._adapter_mode:
+            return
+        if mode == "disabled":
+            self.peft.base_model.disable_adapter_layers()
+        else:
+            if self._adapter_mode in ("disabled", None):
+                self.peft.base_model.enable_adapter_layers()
+            if mode != "mixed":
+                self.peft.base_model.set_adapter(mode, inference_mode=True)
+        self._adapter_mode = mode
+
+    def _prefill(self, rows: list[_Row]) -> _Batch:
+        from transformers import DynamicCache
+
+        lengths = [len(row.request.prompt.ids) for row in rows]
+        width = max(lengths)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, length) in enumerate(zip(rows, lengths)):
+            input_ids[i, width - length:] = torch.tensor(row.request.prompt.ids, dtype=torch.long)
+            mask[i, width - length:] = 1
+            row.position = length
+            row.generator = self._generator_for(row)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self._forward(rows, input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=positions.to(self.device), past_key_values=cache)
+        self._can_join = self._can_join and all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+        return _Batch(rows, cache, mask.to(self.device), out.logits[:, -1, :].float())
+
+    def _generator_for(self, row: _Row) -> torch.Generator | None:
+        sampling = row.request.sampling
+        if sampling.greedy:
+            return None
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(sampling.seed if sampling.seed else secrets.randbits(63))
+        return generator
+
+    def _decode(self, batch: _Batch) -> _Batch:
+        last = torch.tensor([[row.tokens[-1]] for row in batch.rows], dtype=torch.long, device=self.device)
+        positions = torch.tensor([[row.position] for row in batch.rows], dtype=torch.long, device=self.device)
+        for row in batch.rows:
+            row.position += 1
+        ones = torch.ones((len(batch.rows), 1), dtype=batch.mask.dtype, device=self.device)
+        batch.mask = torch.cat([batch.mask, ones], dim=1)
+        out = self._forward(batch.rows, input_ids=last, attention_mask=batch.mask, position_ids=positions,
+                            past_key_values=batch.cache)
+        batch.logits = out.logits[:, -1, :].float()
+        return batch
+
+    def _merge(self, running: _Batch, joined: _Batch) -> _Batch:
+        """Concatenate two batches: left-pad the shorter cache (and mask) to the longer length."""
+        width = max(running.mask.shape[1], joined.mask.shape[1])
+
+        def widen(t: torch.Tensor, dim_from_end: int) -> torch.Tensor:
+            missing = width - t.shape[-dim_from_end]
+            if missing == 0:
+                return t
+            pad = [0, 0] * (dim_from_end - 1) + [missing, 0]
+            return torch.nn.functional.pad(t, pad)
+
+        for layer_a, layer_b in zip(running.cache.layers, joined.cache.layers):
+            layer_a.keys = torch.cat([widen(layer_a.keys, 2), widen(layer_b.keys, 2)], dim=0)
+            layer_a.values = torch.cat([widen(layer_a.values, 2), widen(layer_b.values, 2)], dim=0)
+        running.mask = torch.cat([widen(running.mask, 1), widen(joined.mask, 1)], dim=0)
+        running.logits = torch.cat([running.logits, joined.logits], dim=0)
+        running.rows = running.rows + joined.rows
+        return running
+
+    # -- sampling and stopping -------------------------------------------------------------------
+
+    def _step(self, batch: _Batch) -> _Batch | None:
+        """Pick each row's next token, finish rows that are done, drop them from the batch."""
+        chosen = self._select_tokens(batch)
+        keep: list[int] = []
+        for i, (row, token) in enumerate(zip(batch.rows, chosen)):
+            row.tokens.append(token)
+            reason = self._finish_reason(row, token)
+            if reason is None:
+                keep.append(i)
+                continue
+            self._complete(row, reason)
+        if len(keep) == len(batch.rows):
+            return batch
+        if not keep:
+            return None
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        batch.cache.batch_select_indices(index)
+        batch.mask = batch.mask[index]
+        batch.logits = batch.logits[index]
+        batch.rows = [batch.rows[i] for i in keep]
+        if self._can_join:
+            self._trim_left(batch)
+        return batch
+
+    def _trim_left(self, batch: _Batch) -> None:
+        """Drop cache columns that are padding for every remaining row."""
+        used = batch.mask.sum(dim=0) > 0
+        first = int(torch.nonzero(used)[0]) if bool(used.any()) else 0
+        if first == 0:
+            return
+        batch.mask = batch.mask[:, first:]
+        for layer in batch.cache.layers:
+            layer.keys = layer.keys[:, :, first:, :]
+            layer.values = layer.values[:, :, first:, :]
+
+    def _select_tokens(self, batch: _Batch) -> list[int]:
+        logits = batch.logits
+        chosen = logits.argmax(dim=-1).tolist()
+        for i, row in enumerate(batch.rows):
+            sampling = row.request.sampling
+            if sampling.greedy:
+                continue
+            scores = logits[i] / max(sampling.temperature, 1e-5)
+            probs = torch.softmax(scores, dim=-1)
+            if sampling.top_p < 1.0:
+                sorted_probs, order = torch.sort(probs, descending=True)
+                cumulative = torch.cumsum(sorted_probs, dim=-1)
+                drop = (cumulative - sorted_probs) >= sampling.top_p  # keep the smallest set reaching top_p
+                sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+            chosen[i] = int(torch.multinomial(probs, 1, generator=row.generator).item())
+        return chosen
+
+    def _finish_reason(self, row: _Row, token: int) -> str | None:
+        if row.request.cancelled.is_set():
+            return "cancelled"
+        if token in self._eos_ids:
+            return "eos"
+        if len(row.tokens) >= row.request.sampling.max_new_tokens:
+            return "length"
+        if self.options.stop_at_action_line:
+            with self._tokenizer_lock:
+                if "\n" not in self.tokenizer.decode([token]):
+                    return None
+                text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            if action_line_complete(text):
+                return "action_line"
+        return None
+
+    def _complete(self, row: _Row, reason: str) -> None:
+        if reason == "cancelled":
+            row.future.cancel()
+            return
+        with self._tokenizer_lock:
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        metrics.GENERATED_TOKENS.inc(len(row.tokens))
+        metrics.PROMPT_TOKENS.inc(row.request.prompt.token_count)
+        if not row.future.done():
+            row.future.set_result(Generation(text=text, token_ids=list(row.tokens),
+                                             prompt_tokens=row.request.prompt.token_count,
+                                             batch_size=row.max_batch, finish_reason=reason))
+
+    # -- control commands (run on the scheduler thread between decode steps) ---------------------
+
+    def _call_on_model_thread(self, fn: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        with self._cond:
+            self._control.append((fn, future))
+            self._cond.notify_all()
+        return future
+
+    def _run_control(self) -> None:
+        while True:
+            with self._cond:
+                if not self._control:
+                    return
+                fn, future = self._control.popleft()
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - reported to the caller
+                future.set_exception(exc)
+
+    # -- adapters --------------------------------------------------------------------------------
+
+    def prepare_adapter(self, spec: CheckpointSpec) -> PreparedAdapter:
+        from peft import PeftConfig
+        from safetensors.torch import load as load_safetensors
+
+        files = read_checkpoint(spec, self.options.checkpoint_root or None)
+        check_base_model(files, self._base_names)
+        try:
+            config = PeftConfig.from_peft_type(**files.config)
+        except Exception as exc:  # noqa: BLE001 - any config error is the checkpoint's fault
+            raise FailedPrecondition(f"{files.directory}/adapter_config.json is not a valid LoRA config: {exc}") from exc
+        config.inference_mode = True
+        self._check_shapes(files.tensors, config, str(files.directory))
+        try:
+            state = load_safetensors(files.weights_bytes)
+        except Exception as exc:  # noqa: BLE001
+            raise FailedPrecondition(f"{files.directory}/adapter_model.safetensors cannot be read: {exc}") from exc
+        lora_dtype = torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
+        state = {k: (v.to(self.device, lora_dtype) if v.is_floating_point() else v.to(self.device))
+                 for k, v in state.items()}
+        return PreparedAdapter(spec, files.digest, payload=(config, state, files))
+
+    def _check_shapes(self, tensors: dict[str, tuple[str, tuple[int, ...]]], config, where: str) -> None:
+        """Every LoRA tensor must sit on a Linear layer of this model, with matching in/out sizes."""
+        rank_pattern = getattr(config, "rank_pattern", None) or {}
+        for key, (_dtype, shape) in tensors.items():
+            name = key[len("base_model.model."):] if key.startswith("base_model.model.") else key
+            for part in (".lora_A.weight", ".lora_B.weight"):
+                if name.endswith(part):
+                    module = name[: -len(part)]
+                    if module not in self._linear_shapes:
+                        raise FailedPrecondition(
+                            f"{where}: the adapter targets {module!r}, which this base model does not have "
+                            "(trained on another model?)")
+                    in_f, out_f = self._linear_shapes[module]
+                    rank = shape[0] if part == ".lora_A.weight" else shape[1] if len(shape) == 2 else -1
+                    expected = (rank, in_f) if part == ".lora_A.weight" else (out_f, rank)
+                    if len(shape) != 2 or tuple(shape) != expected or (not rank_pattern and rank != config.r):
+                        raise FailedPrecondition(
+                            f"{where}: {key} has shape {list(shape)}, but {module!r} needs "
+                            f"{[config.r if not rank_pattern else 'r', in_f] if part == '.lora_A.weight' else [out_f, 'r']}"
+                            " (r from adapter_config.json): the adapter does not fit this base model")
+                    break
+
+    def install_adapter(self, prepared: PreparedAdapter, handle: str) -> str:
+        config, state, files = prepared.payload
+        self._call_on_model_thread(lambda: self._inject(handle, config, state, str(files.directory))).result()
+        return handle
+
+    def _inject(self, handle: str, config, state: dict, where: str) -> None:
+        from peft import PeftModel, set_peft_model_state_dict
+
+        created = False
+        try:
+            if self.peft is None:
+                with warnings.catch_warnings():  # transformers deprecation noise triggered inside peft
+                    warnings.simplefilter("ignore", FutureWarning)
+                    self.peft = PeftModel(self.model, config, adapter_name=handle)
+                created = True
+                self._adapter_mode = handle
+            else:
+                self.peft.add_adapter(handle, config)
+            result = set_peft_model_state_dict(self.peft, state, adapter_name=handle)
+            unexpected = [k for k in result.unexpected_keys]
+            missing = [k for k in result.missing_keys if f".{handle}." in k or k.endswith(f".{handle}")]
+            if unexpected or missing:
+                raise FailedPrecondition(
+                    f"{where}: the adapter weights do not match its config "
+                    f"(unexpected: {unexpected[:3]}, missing: {missing[:3]})")
+            self.peft.eval()
+            for name, param in self.peft.named_parameters():
+                if f".{handle}." in name:
+                    param.requires_grad_(False)
+            # A new PeftModel starts with `handle` active; after add_adapter the layers' state is
+            # re-asserted before the next uniform forward.
+            self._adapter_mode = handle if created else None
+        except FailedPrecondition:
+            self._rollback(handle, created)
+            raise
+        except Exception as exc:  # noqa: BLE001 - refuse the adapter, keep serving the current one
+            self._rollback(handle, created)
+            raise FailedPrecondition(f"{where}: the adapter could not be loaded: {type(exc).__name__}: {exc}") from exc
+        metrics.LOADED_ADAPTERS.set(len(self.peft.peft_config))
+
+    def _rollback(self, handle: str, created: bool) -> None:
+        try:
+            if created:
+                self.peft.unload()
+                self.peft = None
+                self._adapter_mode = None
+            elif handle in self.peft.peft_config:
+                self.peft.delete_adapter(handle)
+                self._adapter_mode = None
+        except Exception:  # noqa: BLE001
+            log.exception("rollback of a failed adapter load failed", extra={"handle": handle})
+
+    def remove_adapter(self, handle: str) -> None:
+        def delete() -> None:
+            if self.peft is not None and handle in self.peft.peft_config and len(self.peft.peft_config) > 1:
+                self.peft.delete_adapter(handle)
+                self._adapter_mode = None
+                metrics.LOADED_ADAPTERS.set(len(self.peft.peft_config))
+                log.info("adapter unloaded", extra={"handle": handle})
+
+        self._call_on_model_thread(delete)  # fire and forget: may be called from the scheduler thread
+
+    # -- description -----------------------------------------------------------------------------
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(
+            base_model=self.spec.requested if self.spec else self.options.model,
+            backend="local",
+            device=self.device or self.options.device,
+            dtype=str(self.dtype).replace("torch.", "") if self.dtype is not None else self.options.dtype,
+            supports_hot_swap=True,
+            supports_per_request_adapter=True,
+            max_batch_size=self.options.max_batch_size,
+        )
+
+    @property
+    def base_model_names(self) -> list[str]:
+        return list(self._base_names)

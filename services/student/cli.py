@@ -1,0 +1,104 @@
+"""`leap student serve`: run the student inference service.
+
+Nothing heavy is imported here: torch (local backend) is imported only when `serve` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from services.runtime.config import add_server_arguments, env_default
+from services.student.prompts import DEFAULT_HISTORY_WINDOW
+
+DEFAULT_PORT = 50061
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the `leap student` subcommands to `parser`."""
+    sub = parser.add_subparsers(dest="student_command", metavar="SUBCOMMAND")
+    serve = sub.add_parser("serve", help="serve leap.v1.StudentService (batched acting, LoRA hot swap)",
+                           description="Serve the student policy over gRPC. Every flag can also be set as "
+                                       "LEAP_<FLAG> (e.g. LEAP_MODEL, LEAP_MAX_BATCH_SIZE).")
+    add_student_arguments(serve)
+    add_server_arguments(serve, DEFAULT_PORT)
+    serve.set_defaults(func=run_serve)
+
+
+def add_student_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("student")
+    g.add_argument("--backend", choices=["local", "tgi", "openai"], default=env_default("backend", "local"),
+                   help="local: transformers + peft in this process; tgi / openai: a remote inference server "
+                        "[LEAP_BACKEND]")
+    g.add_argument("--model", default=env_default("model", "smollm2"),
+                   help="'smollm2' (default, offline), a local model folder or a hub id. With a remote backend: "
+                        "where the tokenizer and chat template come from [LEAP_MODEL]")
+    g.add_argument("--device", default=env_default("device", "auto"),
+                   help="auto, cpu, cuda, cuda:1 ... (local backend) [LEAP_DEVICE]")
+    g.add_argument("--dtype", default=env_default("dtype", "auto"),
+                   choices=["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"],
+                   help="auto: fp32 on CPU, bf16 (or fp16) on GPU [LEAP_DTYPE]")
+    g.add_argument("--endpoint", default=env_default("endpoint", ""),
+                   help="base URL of the remote server, e.g. http://tgi:80 (tgi / openai backends) [LEAP_ENDPOINT]")
+    g.add_argument("--remote-model", default=env_default("remote-model", ""),
+                   help="model name sent to an OpenAI-compatible server (default: the resolved --model) "
+                        "[LEAP_REMOTE_MODEL]")
+    g.add_argument("--request-timeout", type=float, default=env_default("request-timeout", 120.0),
+                   help="seconds per remote HTTP request [LEAP_REQUEST_TIMEOUT]")
+    g.add_argument("--retries", type=int, default=env_default("retries", 3),
+                   help="retries of a remote request on 429 / 5xx / connection errors [LEAP_RETRIES]")
+    g.add_argument("--max-batch-size", type=int, default=env_default("max-batch-size", 8),
+                   help="rows per forward pass (local backend) or concurrent requests (remote); concurrent "
+                        "Act calls share batches, so keep --max-workers at least this large [LEAP_MAX_BATCH_SIZE]")
+    g.add_argument("--max-wait-ms", type=float, default=env_default("max-wait-ms", 10.0),
+                   help="how long a queued row waits for companions before its batch starts [LEAP_MAX_WAIT_MS]")
+    g.add_argument("--history-window", type=int, default=env_default("history-window", DEFAULT_HISTORY_WINDOW),
+                   help="past (observation, action) turns shown in the prompt; use the same value for training "
+                        "data [LEAP_HISTORY_WINDOW]")
+    g.add_argument("--max-prompt-tokens", type=int, default=env_default("max-prompt-tokens", 2048),
+                   help="longer prompts are refused with INVALID_ARGUMENT [LEAP_MAX_PROMPT_TOKENS]")
+    g.add_argument("--max-items", type=int, default=env_default("max-items", 64),
+                   help="items accepted in one Act call [LEAP_MAX_ITEMS]")
+    g.add_argument("--max-new-tokens", type=int, default=env_default("max-new-tokens", 64),
+                   help="default completion length when a request gives none [LEAP_MAX_NEW_TOKENS]")
+    g.add_argument("--max-new-tokens-limit", type=int, default=env_default("max-new-tokens-limit", 512),
+                   help="largest max_new_tokens a request may ask for [LEAP_MAX_NEW_TOKENS_LIMIT]")
+    g.add_argument("--max-adapters", type=int, default=env_default("max-adapters", 3),
+                   help="LoRA adapters kept loaded (current and previous are always kept) [LEAP_MAX_ADAPTERS]")
+    g.add_argument("--checkpoint-root", default=env_default("checkpoint-root", ""),
+                   help="folder that relative checkpoint URIs resolve against (the shared run root) "
+                        "[LEAP_CHECKPOINT_ROOT]")
+    g.add_argument("--stop-at", choices=["action", "eos"], default=env_default("stop-at", "action"),
+                   help="stop each row at the end of its ACTION line (default) or only at eos / the token "
+                        "limit [LEAP_STOP_AT]")
+
+
+def build_service(args: argparse.Namespace):
+    """The StudentService described by parsed flags (imports the chosen backend)."""
+    from services.student.service import StudentLimits, StudentService
+
+    limits = StudentLimits(history_window=args.history_window, max_prompt_tokens=args.max_prompt_tokens,
+                           max_items=args.max_items, default_max_new_tokens=args.max_new_tokens,
+                           max_new_tokens_limit=args.max_new_tokens_limit, max_adapters=args.max_adapters)
+    if args.backend == "local":
+        from services.student.backends.local import LocalBackend, LocalOptions
+
+        backend = LocalBackend(LocalOptions(
+            model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
+            max_wait_ms=args.max_wait_ms, stop_at_action_line=args.stop_at == "action",
+            checkpoint_root=args.checkpoint_root))
+    else:
+        from services.student.backends.remote import RemoteBackend, RemoteOptions
+
+        if not args.endpoint:
+            raise SystemExit(f"--backend {args.backend} needs --endpoint (the server's base URL)")
+        backend = RemoteBackend(RemoteOptions(
+            flavor=args.backend, endpoint=args.endpoint, model=args.model, remote_model=args.remote_model,
+            timeout=args.request_timeout, retries=args.retries, max_concurrency=args.max_batch_size))
+    return StudentService(backend, limits)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from services.runtime.config import ServerConfig
+    from services.student.server import serve
+
+    return serve(build_service(args), ServerConfig.from_args(args))

@@ -1,0 +1,127 @@
+"""Plain data passed between the student's transport, service logic and backends (torch-free)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from services.student.prompts import HistoryTurn
+
+BASE_VERSION = "base"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding parameters of one item, after defaults were applied.
+
+    temperature 0 is greedy; seed 0 means "no seed" (a fresh random one per request); top_p 1.0
+    disables nucleus filtering.
+    """
+
+    temperature: float = 0.0
+    max_new_tokens: int = 64
+    seed: int = 0
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class ActInput:
+    """One agent state to act on. Only agent-visible fields exist here."""
+
+    request_id: str
+    env: str
+    goal: str
+    history: list[HistoryTurn]
+    observation: str
+    candidates: list[str]
+    temperature: float = 0.0
+    max_new_tokens: int = 0
+    seed: int = 0
+    top_p: float = 0.0
+    adapter_version: str = ""
+
+
+@dataclass
+class ActOutput:
+    request_id: str
+    reason: str
+    action: str
+    raw_output: str
+    action_valid: bool
+    adapter_version: str
+    prompt_tokens: int
+    completion_token_ids: list[int]
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """A LoRA checkpoint to load (mirrors leap.v1.CheckpointRef)."""
+
+    name: str = ""
+    version: str = ""
+    uri: str = ""
+    sha256: str = ""
+    base_model: str = ""
+
+
+@dataclass
+class AdapterStatus:
+    version: str
+    checkpoint: CheckpointSpec | None
+    current: bool
+    in_flight: int
+    load_seconds: float
+
+
+@dataclass
+class ModelDescription:
+    base_model: str
+    backend: str
+    device: str
+    dtype: str
+    supports_hot_swap: bool
+    supports_per_request_adapter: bool
+    max_batch_size: int
+    max_prompt_tokens: int = 0
+    current_version: str = BASE_VERSION
+
+
+@dataclass
+class EncodedPrompt:
+    """A rendered prompt: the chat-templated text, its token ids (None when no tokenizer) and count."""
+
+    messages: list[dict[str, str]]
+    text: str
+    ids: list[int] | None
+    token_count: int
+
+
+@dataclass
+class GenerationRequest:
+    """One row for a backend: a prompt, resolved sampling, and the adapter it must run on."""
+
+    prompt: EncodedPrompt
+    sampling: Sampling
+    version: str
+    #: Backend-specific adapter handle (peft adapter name, remote adapter id); None for the base model.
+    adapter_handle: str | None
+    #: Set by the caller when nobody waits for the answer any more (deadline, cancellation).
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Generation:
+    """What a backend generated for one row."""
+
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    #: Rows in the forward batch this row ran in (0: not known, e.g. a remote server batches itself).
+    batch_size: int
+    #: "action_line", "eos", "length" or "stop".
+    finish_reason: str
