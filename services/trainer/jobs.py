@@ -1,0 +1,282 @@
+"""The trainer's job model in plain Python: what was asked (JobSpec), how it is going (Progress), and
+what came of it (JobRecord). Nothing here imports torch or grpc; server.py translates to protobuf.
+
+Hyper-parameters follow the proto's convention: a zero (or empty) field means LEAP's default, which
+`HyperParameters.resolve(method)` fills in (LoRA r 128, alpha 64, dropout 0.05 on q/k/v/o; lr 3e-5
+cosine for SFT, 5e-7 with beta 0.01 for DPO/KTO; 1 epoch; batch 4; max length 1024; warmup 0.03).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from services.runtime.errors import InvalidArgument
+
+METHODS = ("sft", "dpo", "kto")
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
+                 "polynomial", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+def check_name(what: str, value: str) -> None:
+    """Names become file and directory names: letters, digits, '.', '_', '-' (no path separators)."""
+    if not _NAME.match(value or "") or value in (".", ".."):
+        raise InvalidArgument(
+            f"{what} {value!r} is not a valid name: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+
+
+@dataclass
+class HyperParameters:
+    """Training hyper-parameters; zero / empty values mean "LEAP's default" until resolve()."""
+
+    lora_r: int = 0
+    lora_alpha: int = 0
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=list)
+    learning_rate: float = 0.0
+    epochs: float = 0.0
+    batch_size: int = 0
+    gradient_accumulation: int = 0
+    max_length: int = 0
+    beta: float = 0.0
+    seed: int = 0
+    max_steps: int = 0
+    lr_scheduler: str = ""
+    warmup_ratio: float = 0.0
+
+    DEFAULTS = {
+        "lora_r": 128,
+        "lora_alpha": 64,
+        "lora_dropout": 0.05,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"],
+        "epochs": 1.0,
+        "batch_size": 4,
+        "gradient_accumulation": 1,
+        "max_length": 1024,
+        "beta": 0.01,
+        "lr_scheduler": "cosine",
+        "warmup_ratio": 0.03,
+    }
+    DEFAULT_LEARNING_RATE = {"sft": 3e-5, "dpo": 5e-7, "kto": 5e-7}
+
+    def resolve(self, method: str) -> "HyperParameters":
+        """A copy with every unset field replaced by LEAP's default for `method`, then validated."""
+        values = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in self.DEFAULTS and not value:
+                value = list(self.DEFAULTS[f.name]) if f.name == "target_modules" else self.DEFAULTS[f.name]
+            values[f.name] = value
+        if not values["learning_rate"]:
+            values["learning_rate"] = self.DEFAULT_LEARNING_RATE[method]
+        resolved = HyperParameters(**values)
+        resolved.validate(method)
+        return resolved
+
+    def validate(self, method: str) -> None:
+        problems = []
+        positive_ints = ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation", "max_length")
+        for name in positive_ints:
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
+        for name in ("learning_rate", "epochs", "beta"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value <= 0:
+                problems.append(f"{name} must be a finite number > 0 (got {value})")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
+        if self.max_steps < 0:
+            problems.append(f"max_steps must be >= 0 (got {self.max_steps}); 0 runs the epochs")
+        if self.seed < 0:
+            problems.append(f"seed must be >= 0 (got {self.seed})")
+        if 0 < self.max_length < 16:
+            problems.append(f"max_length must be at least 16 tokens (got {self.max_length})")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            problems.append(f"lr_scheduler {self.lr_scheduler!r} is unknown; valid: {', '.join(LR_SCHEDULERS)}")
+        bad_modules = [m for m in self.target_modules if not _MODULE.match(m)]
+        if bad_modules:
+            problems.append(f"target_modules must be module names such as q_proj (got {bad_modules})")
+        if method == "kto" and 0 < self.batch_size < 2:
+            problems.append("KTO needs batch_size >= 2: its KL estimate pairs each prompt with another "
+                            "example's completion in the same batch")
+        if problems:
+            raise InvalidArgument("invalid hyper_parameters: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HyperParameters":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class DatasetRef:
+    """A training data file: its resolved absolute path and the sha256 of its bytes."""
+
+    uri: str
+    sha256: str = ""
+    format: str = ""  # "jsonl" or "parquet"
+    size_bytes: int = 0
+
+
+@dataclass
+class CheckpointRef:
+    """A versioned adapter directory (mirrors leap.v1.CheckpointRef)."""
+
+    name: str = ""
+    version: str = ""
+    uri: str = ""
+    sha256: str = ""
+    base_model: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class JobSpec:
+    """A validated job: every path absolute, every default filled in."""
+
+    method: str
+    datasets: list[DatasetRef]
+    base_model: str
+    output_name: str
+    run_dir: str
+    hyper_parameters: HyperParameters
+    parent: CheckpointRef | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "method": self.method,
+            "datasets": [asdict(d) for d in self.datasets],
+            "base_model": self.base_model,
+            "output_name": self.output_name,
+            "run_dir": self.run_dir,
+            "hyper_parameters": self.hyper_parameters.to_dict(),
+            "parent": self.parent.to_dict() if self.parent else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobSpec":
+        return cls(
+            method=data["method"],
+            datasets=[DatasetRef(**d) for d in data["datasets"]],
+            base_model=data["base_model"],
+            output_name=data["output_name"],
+            run_dir=data["run_dir"],
+            hyper_parameters=HyperParameters.from_dict(data["hyper_parameters"]),
+            parent=CheckpointRef(**data["parent"]) if data.get("parent") else None,
+        )
+
+
+@dataclass
+class Progress:
+    """The latest progress of a job (what WatchJob streams)."""
+
+    step: int = 0
+    total_steps: int = 0
+    epoch: float = 0.0
+    loss: float = 0.0
+    tokens_per_second: float = 0.0
+    eta_seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Progress":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class JobRecord:
+    """Everything the store keeps about one job. `revision` increases on every change."""
+
+    job_id: str
+    spec: JobSpec
+    state: JobState = JobState.QUEUED
+    progress: Progress = field(default_factory=Progress)
+    checkpoint: CheckpointRef | None = None
+    error: str = ""
+    created_at: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    sequence: int = 0
+    cancel_requested: bool = False
+    revision: int = 0
+
+    FORMAT_VERSION = 1
+
+    def copy(self) -> "JobRecord":
+        return replace(self, progress=replace(self.progress, metrics=dict(self.progress.metrics)))
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": self.FORMAT_VERSION,
+            "job_id": self.job_id,
+            "spec": self.spec.to_dict(),
+            "state": self.state.value,
+            "progress": self.progress.to_dict(),
+            "checkpoint": self.checkpoint.to_dict() if self.checkpoint else None,
+            "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "sequence": self.sequence,
+            "cancel_requested": self.cancel_requested,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "JobRecord":
+        return cls(
+            job_id=data["job_id"],
+            spec=JobSpec.from_dict(data["spec"]),
+            state=JobState(data["state"]),
+            progress=Progress.from_dict(data.get("progress") or {}),
+            checkpoint=CheckpointRef(**data["checkpoint"]) if data.get("checkpoint") else None,
+            error=data.get("error", ""),
+            created_at=data.get("created_at", 0.0),
+            started_at=data.get("started_at", 0.0),
+            finished_at=data.get("finished_at", 0.0),
+            sequence=data.get("sequence", 0),
+            cancel_requested=data.get("cancel_requested", False),
+        )
+
+
+@dataclass
+class JobRequest:
+    """A StartJob request as the caller sent it (before validation and defaults)."""
+
+    method: str = ""  # "sft" | "dpo" | "kto"; "" when unspecified
+    datasets: list[DatasetRef] = field(default_factory=list)
+    base_model: str = ""
+    parent: CheckpointRef | None = None
+    output_name: str = ""
+    hyper_parameters: HyperParameters = field(default_factory=HyperParameters)
+    run_dir: str = ""
+    job_id: str = ""

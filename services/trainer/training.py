@@ -1,0 +1,397 @@
+"""The torch part of the trainer: tokenisation with target-only loss, TRL trainers, progress.
+
+Imported only by the job worker when a job runs (never by the server module, the client or the CLI).
+
+Tokenisation is ours for every method, so the model is trained on exactly the tokens it sees and
+produces at inference: the prompt is ``apply_chat_template(messages, add_generation_prompt=True,
+tokenize=False)`` tokenised without special tokens (as the student service does), the target is the
+completion plus the tokenizer's EOS token, tokenised on its own and appended. Prompt tokens carry
+label -100 (SFT) or a zero completion mask (DPO/KTO), so the loss covers the target only.
+
+An example longer than max_length (prompt + longest target) is left out rather than truncated: a
+truncated prompt is a context the student never sees at inference, and a truncated target teaches it
+to stop mid-action. The number left out is reported in the job's metrics; a job where nothing fits fails.
+
+Training runs through TRL on a peft LoRA adapter:
+- SFT: ``trl.SFTTrainer`` on pre-tokenised ``input_ids``/``labels`` (TRL skips its own tokenisation).
+- DPO: ``trl.DPOTrainer`` and KTO: ``trl.KTOTrainer`` on pre-tokenised ``prompt_ids`` / ``chosen_ids``
+  / ``rejected_ids`` (``completion_ids`` / ``label`` / ``KL_completion_ids`` for KTO). Their public
+  API only accepts text, which they re-tokenise as one string (prompt + completion) with special
+  tokens; subclasses below hand them our token ids instead. The reference policy is the starting
+  policy: the base model (adapter disabled) for a fresh adapter, a frozen copy of the parent adapter
+  when continuing (TRL's "ref" adapter).
+CPU-safe settings always: fp32 on CPU (bf16 on GPUs that support it), no gradient checkpointing, no
+report_to, no hub, no intermediate checkpoints (the service writes the one checkpoint itself).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from peft import LoraConfig, PeftModel  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+from transformers.trainer_callback import PrinterCallback  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer  # noqa: E402
+
+from services.models import load_model_and_tokenizer, pick_device, pick_dtype  # noqa: E402
+from services.trainer.datasets import Example  # noqa: E402
+from services.trainer.jobs import HyperParameters  # noqa: E402
+
+log = logging.getLogger("leap.trainer.training")
+
+# A service logs progress through its own stream: no console progress bars, no deprecation noise
+# for settings TRL itself defaults (TRL's configs default gradient_checkpointing=True; we pass False).
+datasets.disable_progress_bars()
+hf_logging.disable_progress_bar()
+warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+
+IGNORE_INDEX = -100
+LOG_EVERY_SECONDS = 30.0  # the server log gets a progress line at most this often (the stream gets every step)
+Report = Callable[..., None]
+
+# Metrics that TRL logs per step and that the progress stream forwards (besides loss).
+_FORWARDED_METRICS = ("learning_rate", "grad_norm", "mean_token_accuracy", "entropy", "kl")
+_FORWARDED_PREFIXES = ("rewards/", "logps/", "logits/")
+
+
+class TrainingError(RuntimeError):
+    """A job that cannot train (e.g. no example fits max_length); the message is for the user."""
+
+
+@dataclass
+class EncodedDataset:
+    """Token-level training rows for one method, and what was left out."""
+
+    rows: list[dict]
+    examples_total: int
+    examples_dropped: int
+    longest_tokens: int
+    prompt_tokens: int = 0
+    target_tokens: int = 0
+
+
+@dataclass
+class TrainedAdapter:
+    """A finished (or stopped) training run: the model to save and its metrics."""
+
+    model: object
+    tokenizer: object
+    metrics: dict[str, float]
+    stopped: bool = False
+    lora: dict = field(default_factory=dict)
+
+    def save(self, directory: Path) -> None:
+        """Write the adapter (the trained one only, never TRL's frozen "ref" copy) and the tokenizer."""
+        self.model.save_pretrained(str(directory), selected_adapters=["default"], safe_serialization=True)
+        self.tokenizer.save_pretrained(str(directory))
+
+    def release(self) -> None:
+        self.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokenisation
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The prompt text exactly as the student service builds it at inference (one shared function)."""
+    from services.student.prompts import chat_prompt
+
+    return chat_prompt(tokenizer, messages)
+
+
+class _Encoder:
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.eos = tokenizer.eos_token
+        self.eos_id = tokenizer.eos_token_id
+        if not self.eos or self.eos_id is None:
+            raise TrainingError("the tokenizer has no EOS token; targets could not be terminated")
+        self._prompts: dict[str, list[int]] = {}
+
+    def prompt(self, messages: list[dict]) -> list[int]:
+        text = render_prompt(self.tokenizer, messages)
+        ids = self._prompts.get(text)
+        if ids is None:
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            self._prompts[text] = ids
+        return ids
+
+    def target(self, text: str) -> list[int]:
+        """The target's tokens followed by the EOS token id (appended as an id, never parsed from text)."""
+        if text.endswith(self.eos):
+            text = text[: -len(self.eos)]
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] + [self.eos_id]
+
+
+def encode_examples(tokenizer, method: str, examples: list[Example], hp: HyperParameters) -> EncodedDataset:
+    """Tokenise examples for `method`; examples longer than hp.max_length are left out and counted."""
+    encoder = _Encoder(tokenizer)
+    rows: list[dict] = []
+    dropped = longest = prompt_tokens = target_tokens = 0
+    for example in examples:
+        prompt = encoder.prompt(example.messages)
+        if method == "dpo":
+            chosen, rejected = encoder.target(example.chosen), encoder.target(example.rejected)
+            targets = (chosen, rejected)
+            row = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
+        elif method == "kto":
+            completion = encoder.target(example.completion)
+            targets = (completion,)
+            row = {"prompt_ids": prompt, "completion_ids": completion, "label": bool(example.label)}
+        else:
+            completion = encoder.target(example.completion)
+            targets = (completion,)
+            row = {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion}
+        length = len(prompt) + max(len(t) for t in targets)
+        longest = max(longest, length)
+        if length > hp.max_length:
+            dropped += 1
+            continue
+        prompt_tokens += len(prompt)
+        target_tokens += sum(len(t) for t in targets)
+        rows.append(row)
+    if not rows:
+        raise TrainingError(
+            f"none of the {len(examples)} examples fits max_length={hp.max_length} tokens "
+            f"(the longest has {longest}); raise max_length or shorten the prompts"
+        )
+    if method == "kto":
+        rows = _with_kl_completions(rows, hp.batch_size, hp.seed)
+    return EncodedDataset(rows, len(examples), dropped, longest, prompt_tokens, target_tokens)
+
+
+def _with_kl_completions(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
+    """Shuffle KTO rows (TRL reads them in order) and add the mismatched completions of its KL estimate.
+
+    As TRL does for text data: within each batch, example i gets the completion of example i-1, so
+    the KL term is estimated from (prompt, other completion) pairs of the same batch.
+    """
+    rows = list(rows)
+    random.Random(seed).shuffle(rows)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        completions = [r["completion_ids"] for r in chunk]
+        for row, kl in zip(chunk, completions[-1:] + completions[:-1], strict=True):
+            row["KL_completion_ids"] = kl
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------
+# TRL trainers fed with our token ids
+
+
+class _TokenizedDPOTrainer(DPOTrainer):
+    """DPOTrainer that accepts rows already holding prompt_ids / chosen_ids / rejected_ids."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "prompt_ids" in dataset.column_names:
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
+class _TokenizedKTOTrainer(KTOTrainer):
+    """KTOTrainer that accepts rows already holding prompt_ids / completion_ids / label / KL_completion_ids."""
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if "prompt_ids" in dataset.column_names:
+            return dataset
+        return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+
+def training_arguments(method: str, hp: HyperParameters, output_dir: str, device: str, dtype):
+    """The TRL config for `method`: LEAP's hyper-parameters with CPU-safe, no-side-effect settings."""
+    common = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=hp.batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation,
+        learning_rate=hp.learning_rate,
+        num_train_epochs=hp.epochs,
+        max_steps=hp.max_steps if hp.max_steps > 0 else -1,
+        lr_scheduler_type=hp.lr_scheduler,
+        warmup_steps=hp.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        seed=hp.seed,
+        data_seed=hp.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        push_to_hub=False,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device == "cpu",
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        max_length=hp.max_length,
+    )
+    if method == "sft":
+        return SFTConfig(**common, packing=False)
+    if method == "dpo":
+        return DPOConfig(**common, beta=hp.beta)
+    return KTOConfig(**common, beta=hp.beta)
+
+
+def build_trainer(method: str, model, tokenizer, rows: list[dict], args, peft_config, callbacks=()):
+    cls = {"sft": SFTTrainer, "dpo": _TokenizedDPOTrainer, "kto": _TokenizedKTOTrainer}[method]
+    trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                  peft_config=peft_config, callbacks=list(callbacks))
+    trainer.remove_callback(PrinterCallback)  # with tqdm off, transformers prints every log dict to stdout
+    return trainer
+
+
+# --------------------------------------------------------------------------------------------------
+# Progress
+
+
+class ProgressCallback(TrainerCallback):
+    """Reports each logged step (loss, tokens/s, ETA, method metrics) and stops when asked to."""
+
+    def __init__(self, report: Report, should_stop: Callable[[], bool]):
+        self.report = report
+        self.should_stop = should_stop
+        self.stopped = False
+        self.started = 0.0
+        self.losses: list[float] = []
+        self.last_metrics: dict[str, float] = {}
+        self.tokens = 0.0
+        self.summary: dict[str, float] = {}
+        self._logged_at = 0.0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+        self.report(step=0, total_steps=state.max_steps, message="training")
+
+    def _check_stop(self, control):
+        if self.should_stop():
+            self.stopped = True
+            control.should_training_stop = True
+            control.should_epoch_stop = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._check_stop(control)
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self._check_stop(control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "train_runtime" in logs:  # the end-of-training summary
+            self.summary = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        step = state.global_step
+        if "loss" in logs:
+            self.losses.append(float(logs["loss"]))
+        self.tokens = float(logs.get("num_tokens", self.tokens))
+        metrics = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and (k in _FORWARDED_METRICS or k.startswith(_FORWARDED_PREFIXES))}
+        self.last_metrics = metrics
+        remaining = max(state.max_steps - step, 0)
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_SECONDS or remaining == 0:
+            self._logged_at = now
+            log.info("step %d/%d loss %.4f", step, state.max_steps, self.losses[-1] if self.losses else float("nan"),
+                     extra={"tokens_per_second": round(self.tokens / elapsed, 1)})
+        self.report(
+            step=step,
+            total_steps=state.max_steps,
+            epoch=float(state.epoch or 0.0),
+            loss=self.losses[-1] if self.losses else 0.0,
+            tokens_per_second=self.tokens / elapsed,
+            eta_seconds=(elapsed / step * remaining) if step else 0.0,
+            metrics=metrics,
+            message="stopping: cancellation requested" if self.stopped else "training",
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# One training run
+
+
+def load_policy(base_model: str, device: str, parent_path: str | None):
+    """(model, tokenizer). The parent adapter, when given, is loaded trainable on the base model."""
+    model, tokenizer, _spec = load_model_and_tokenizer(base_model, device=device, padding_side="right")
+    if parent_path:
+        model = PeftModel.from_pretrained(model, parent_path, is_trainable=True)
+    return model, tokenizer
+
+
+def lora_config(hp: HyperParameters) -> LoraConfig:
+    return LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+                      target_modules=list(hp.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def train(*, method: str, base_model: str, hp: HyperParameters, examples: list[Example], device: str,
+          work_dir: str, parent_path: str | None = None, report: Report = lambda **_: None,
+          should_stop: Callable[[], bool] = lambda: False) -> TrainedAdapter:
+    """Train a LoRA adapter with `method` on `examples`; returns it unsaved (or stopped=True)."""
+    device = pick_device(device)
+    dtype = pick_dtype(device)
+    report(message=f"loading base model {base_model} on {device}")
+    model, tokenizer = load_policy(base_model, device, parent_path)
+    if should_stop():
+        return TrainedAdapter(model, tokenizer, {}, stopped=True)
+
+    report(message=f"tokenising {len(examples)} examples")
+    encoded = encode_examples(tokenizer, method, examples, hp)
+    if encoded.examples_dropped:
+        log.warning("examples longer than max_length left out",
+                    extra={"dropped": encoded.examples_dropped, "max_length": hp.max_length})
+
+    if parent_path:
+        peft_config = None
+        parent_lora = model.peft_config["default"]
+        lora = {"r": parent_lora.r, "alpha": parent_lora.lora_alpha, "dropout": parent_lora.lora_dropout,
+                "target_modules": sorted(parent_lora.target_modules or []), "from_parent": True}
+    else:
+        peft_config = lora_config(hp)
+        lora = {"r": hp.lora_r, "alpha": hp.lora_alpha, "dropout": hp.lora_dropout,
+                "target_modules": list(hp.target_modules), "from_parent": False}
+
+    progress = ProgressCallback(report, should_stop)
+    args = training_arguments(method, hp, work_dir, device, dtype)
+    trainer = build_trainer(method, model, tokenizer, encoded.rows, args, peft_config, [progress])
+    if should_stop():
+        return TrainedAdapter(trainer.model, tokenizer, {}, stopped=True)
+    started = time.monotonic()
+    trainer.train()
+    seconds = time.monotonic() - started
+    trained = trainer.model
+    del trainer
+    gc.collect()
+
+    metrics = dict(progress.last_metrics)
+    metrics.update({
+        "train_loss": progress.summary.get("train_loss", float("nan")),
+        "loss_first": progress.losses[0] if progress.losses else float("nan"),
+        "loss_last": progress.losses[-1] if progress.losses else float("nan"),
+        "train_seconds": seconds,
+        "train_tokens": progress.tokens,
+        "tokens_per_second": progress.tokens / seconds if seconds > 0 else 0.0,
+        "steps": float(len(progress.losses)),
+        "examples": float(len(encoded.rows)),
+        "examples_dropped_too_long": float(encoded.examples_dropped),
+        "prompt_tokens": float(encoded.prompt_tokens),
+        "target_tokens": float(encoded.target_tokens),
+    })
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
+    return TrainedAdapter(trained, tokenizer, metrics, stopped=progress.stopped, lora=lora)
