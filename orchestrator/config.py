@@ -22,6 +22,7 @@ class EnvironmentConfig:
     name: str = "household"
     address: str = ""
     horizon: int = 20
+    demo_horizon: int = 50        # expert demonstrations may take longer than the student's horizon
     train_split: str = "train"
     eval_splits: list[str] = field(default_factory=lambda: ["valid_unseen"])
     eval_tasks: int = 50          # first N tasks of each eval split

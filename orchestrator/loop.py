@@ -236,7 +236,7 @@ class LeapRun:
         tasks = list_task_refs(self.stubs, self.env, e.train_split, e.demo_offset, e.demo_tasks)
         with self.reporter.phase("iter0: expert demonstrations + teacher reasons", len(tasks)) as bar:
             outcomes = run_parallel(
-                lambda k: demonstrate(self.stubs, tasks[k], environment_pb2.EXPERT_KIND_SEARCHER, e.horizon, True),
+                lambda k: demonstrate(self.stubs, tasks[k], environment_pb2.EXPERT_KIND_SEARCHER, e.demo_horizon, True),
                 len(tasks), self.config.concurrency, lambda _o: bar.advance(1))
         # BC imitates successful demonstrations only.
         demos = [o.value for o in outcomes if o.value is not None and o.value.won]

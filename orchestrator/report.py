@@ -114,6 +114,8 @@ def plot(results: dict, path: Path) -> Path:
         y = success(name)
         if y is not None:
             ax.axhline(y, color=color, linestyle=ls, linewidth=1.5, label=f"{label} ({y:.0f}%)")
+    if xs:
+        ax.set_xlim(xs[0] - 0.4, xs[-1] + 0.4)
     ax.set_xticks(xs or [0])
     ax.set_xticklabels(["BC" if x == 0 else f"LEAP {x}" for x in xs] or ["BC"])
     ax.set_ylim(-2, 105)
@@ -121,7 +123,7 @@ def plot(results: dict, path: Path) -> Path:
     ax.set_xlabel("iteration")
     ax.set_title(f"LEAP on {results['run']}: success vs iteration ({results['eval_tasks']} tasks)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="center right", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
