@@ -43,20 +43,28 @@ class StateDirInUse(RuntimeError):
 class JobStore:
     """Thread-safe job records, mirrored to disk. Readers get copies; watchers wait on revisions."""
 
-    def __init__(self, state_dir: str | os.PathLike):
+    def __init__(self, state_dir: str | os.PathLike, *, lock_wait_s: float = 30.0):
         self.root = Path(state_dir).resolve()
         self.jobs_dir = self.root / "jobs"
         self.work_root = self.root / "work"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.root / "trainer.lock", "a+")
-        try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            self._lock_file.close()
-            raise StateDirInUse(
-                f"another trainer process is using the state directory {self.root}; "
-                "give each trainer its own --state-dir"
-            ) from exc
+        # A predecessor that was just killed (a crashed run, a replaced pod) releases the lock when its
+        # process is gone; wait a little for that before concluding that another trainer is alive.
+        deadline = time.monotonic() + lock_wait_s
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                self._lock_file.close()
+                raise StateDirInUse(
+                    f"another trainer process is using the state directory {self.root}; "
+                    "give each trainer its own --state-dir"
+                ) from exc
         self._cond = threading.Condition()
         self._jobs: dict[str, JobRecord] = {}
         self._persisted_at: dict[str, float] = {}

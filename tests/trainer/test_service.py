@@ -268,7 +268,7 @@ def test_state_dir_is_owned_by_one_trainer_and_corrupt_records_are_set_aside(tmp
     state = tmp_path / "state"
     with JobStore(state):
         with pytest.raises(StateDirInUse, match="another trainer process"):
-            JobStore(state)
+            JobStore(state, lock_wait_s=0)
     (state / "jobs" / "broken.json").write_text("{half a record")
     with JobStore(state) as store:
         assert store.list() == []
