@@ -9,6 +9,7 @@ from services.models.loading import (
     DEFAULT_MODEL,
     ModelSpec,
     load_model_and_tokenizer,
+    cpu_has_bf16_matmul,
     pick_device,
     pick_dtype,
     resolve_model,
@@ -18,6 +19,7 @@ from services.models.smollm2 import ensure_smollm2_folder
 __all__ = [
     "DEFAULT_MODEL",
     "ModelSpec",
+    "cpu_has_bf16_matmul",
     "ensure_smollm2_folder",
     "load_model_and_tokenizer",
     "pick_device",

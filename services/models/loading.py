@@ -41,8 +41,24 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_bf16_matmul() -> bool:
+    """True on CPUs with AMX tiles (Sapphire Rapids and later), where oneDNN runs bf16 matmuls natively.
+
+    Measured on such a 2-core machine with SmolLM2-135M: bf16 prefill 2.1-2.7k tok/s against 0.54-0.70k
+    in fp32, a decode step at batch 16 83 ms against 143 ms. Without AMX, bf16 is emulated and slower
+    than fp32, so those CPUs keep fp32.
+    """
+    import torch
+
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except Exception:  # noqa: BLE001 - a private probe; treat any failure as "no"
+        return False
+
+
 def pick_dtype(device: str, dtype: str | None = None):
-    """fp32 on CPU (bf16 is 4-6x slower there), bf16 on GPUs that support it, else fp16."""
+    """bf16 on GPUs that support it (else fp16); on CPU bf16 where AMX runs it natively, else fp32."""
     import torch
 
     if dtype and dtype != "auto":
@@ -50,7 +66,7 @@ def pick_dtype(device: str, dtype: str | None = None):
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
 
 
 def load_model_and_tokenizer(name_or_path: str | None = None, *, device: str | None = None,

@@ -20,7 +20,8 @@ Training runs through TRL on a peft LoRA adapter:
   tokens; subclasses below hand them our token ids instead. The reference policy is the starting
   policy: the base model (adapter disabled) for a fresh adapter, a frozen copy of the parent adapter
   when continuing (TRL's "ref" adapter).
-CPU-safe settings always: fp32 on CPU (bf16 on GPUs that support it), no gradient checkpointing, no
+Mixed precision where the hardware runs it natively: bf16 on GPUs that support it (else fp16) and on CPUs
+with AMX (`services.models.cpu_has_bf16_matmul`), fp32 on other CPUs. No gradient checkpointing, no
 report_to, no hub, no intermediate checkpoints (the service writes the one checkpoint itself).
 """
 
@@ -200,6 +201,48 @@ def _with_kl_completions(rows: list[dict], batch_size: int, seed: int) -> list[d
 # TRL trainers fed with our token ids
 
 
+class _TargetOnlySFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss projects only the target positions through the LM head.
+
+    TRL's SFT loss scores every position of every row through a full-vocabulary LM head in fp32
+    (on GPUs with Triton it keeps only labelled positions; on CPU it scores them all) and masks the
+    prompt afterwards. A LEAP example is a ~300-token prompt and a ~35-token target, so that head
+    was ~40 % of a CPU training step. This loss runs the backbone (LoRA layers included), keeps the
+    hidden states of labelled positions only, and applies the head and cross-entropy to those: the
+    same loss value, a fraction of the cost. It also keeps TRL's logged metrics (token accuracy,
+    entropy, tokens seen).
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:  # evaluation asking for logits: TRL's own path
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        labels = inputs["labels"][:, 1:]
+        mask = labels != IGNORE_INDEX
+        with self.accelerator.autocast():
+            hidden = causal_lm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                                          use_cache=False).last_hidden_state[:, :-1]
+            logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
+        targets = labels[mask]
+        count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
+        loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(count).clamp(min=1)
+
+        with torch.no_grad():
+            mode = "train" if model.training else "eval"
+            store = getattr(self, "_metrics", None)
+            valid = int(targets.numel())
+            if store is not None and valid:
+                log_probs = torch.log_softmax(logits, dim=-1)
+                entropy = -(log_probs.exp() * log_probs).sum(-1).mean().item()
+                accuracy = (logits.argmax(-1) == targets).float().mean().item()
+                store[mode]["entropy"].append(entropy)
+                store[mode]["mean_token_accuracy"].append(accuracy)
+            if store is not None and mode == "train" and "attention_mask" in inputs and hasattr(self, "_total_train_tokens"):
+                self._total_train_tokens += int(inputs["attention_mask"].sum().item())
+                store[mode]["num_tokens"] = [self._total_train_tokens]
+        return loss
+
+
 class _TokenizedDPOTrainer(DPOTrainer):
     """DPOTrainer that accepts rows already holding prompt_ids / chosen_ids / rejected_ids."""
 
@@ -251,7 +294,7 @@ def training_arguments(method: str, hp: HyperParameters, output_dir: str, device
 
 
 def build_trainer(method: str, model, tokenizer, rows: list[dict], args, peft_config, callbacks=()):
-    cls = {"sft": SFTTrainer, "dpo": _TokenizedDPOTrainer, "kto": _TokenizedKTOTrainer}[method]
+    cls = {"sft": _TargetOnlySFTTrainer, "dpo": _TokenizedDPOTrainer, "kto": _TokenizedKTOTrainer}[method]
     trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                   peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # with tqdm off, transformers prints every log dict to stdout

@@ -93,6 +93,41 @@ def test_training_tokens_are_the_inference_prompt_plus_target_and_eos():
         encode_examples(tokenizer, "sft", validate_row(sft_rows(1)[0], "sft", "x:1"), short)
 
 
+def test_sft_loss_on_target_positions_equals_trl_full_head_loss(tmp_path):
+    """Our SFT loss (LM head on labelled positions only) is TRL's loss, gradients included."""
+    import torch
+
+    from services.trainer import training as T
+    from services.trainer.datasets import validate_row
+    from services.trainer.jobs import HyperParameters
+
+    hp = HyperParameters(**TINY).resolve("sft")
+    model, tokenizer = T.load_policy("smollm2", "cpu", None)
+    rows = [{**r, "messages": messages(i), "completion": CHOSEN.replace("fridge", "fridge" if i % 2 else "cabinet")}
+            for i, r in enumerate(sft_rows(4))]  # targets of different lengths: padding differs per row
+    examples = [e for k, r in enumerate(rows) for e in validate_row(r, "sft", f"x:{k}")]
+    encoded = T.encode_examples(tokenizer, "sft", examples, hp)
+    args = T.training_arguments("sft", hp, str(tmp_path), "cpu", T.pick_dtype("cpu"))
+    trainer = T.build_trainer("sft", model, tokenizer, encoded.rows, args, T.lora_config(hp))
+    assert isinstance(trainer, T._TargetOnlySFTTrainer)
+    trainer.model.eval()  # no dropout: both losses see the same network
+    with torch.no_grad():  # give LoRA B non-zero weights so the adapter path is part of the comparison
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.02)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    grads = []
+    for compute in (trainer.compute_loss, lambda m, b: T.SFTTrainer.compute_loss(trainer, m, b)):
+        trainer.model.zero_grad()
+        loss = compute(trainer.model, dict(batch))
+        loss.backward()
+        grads.append((float(loss), torch.cat([p.grad.flatten() for p in trainer.model.parameters()
+                                              if p.requires_grad and p.grad is not None])))
+    (ours, ours_grad), (trl, trl_grad) = grads
+    assert ours == pytest.approx(trl, rel=2e-3)
+    assert torch.nn.functional.cosine_similarity(ours_grad, trl_grad, dim=0) > 0.99
+
+
 def test_sft_lowers_the_loss_and_writes_a_versioned_checkpoint(server, client, sft_and_dpo, workdir):
     sft_id, dpo_id = sft_and_dpo
     # Watch for a while, drop the connection, then watch again from a new one until the end.
