@@ -36,7 +36,7 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
                    help="auto, cpu, cuda, cuda:1 ... (local backend) [LEAP_DEVICE]")
     g.add_argument("--dtype", default=env_default("dtype", "auto"),
                    choices=["auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16"],
-                   help="auto: fp32 on CPU, bf16 (or fp16) on GPU [LEAP_DTYPE]")
+                   help="auto: bf16 (or fp16) on GPU, bf16 on CPUs with AMX, else fp32 [LEAP_DTYPE]")
     g.add_argument("--endpoint", default=env_default("endpoint", ""),
                    help="base URL of the remote server, e.g. http://tgi:80 (tgi / openai backends) [LEAP_ENDPOINT]")
     g.add_argument("--remote-model", default=env_default("remote-model", ""),
@@ -49,6 +49,9 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-size", type=int, default=env_default("max-batch-size", 8),
                    help="rows per forward pass (local backend) or concurrent requests (remote); concurrent "
                         "Act calls share batches, so keep --max-workers at least this large [LEAP_MAX_BATCH_SIZE]")
+    g.add_argument("--max-prefill-rows", type=int, default=env_default("max-prefill-rows", 16),
+                   help="rows prefilled together; the rest of a wide batch joins over the next steps (0: no limit) "
+                        "[LEAP_MAX_PREFILL_ROWS]")
     g.add_argument("--max-wait-ms", type=float, default=env_default("max-wait-ms", 10.0),
                    help="how long a queued row waits for companions before its batch starts [LEAP_MAX_WAIT_MS]")
     g.add_argument("--history-window", type=int, default=env_default("history-window", DEFAULT_HISTORY_WINDOW),
@@ -70,6 +73,9 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stop-at", choices=["action", "eos"], default=env_default("stop-at", "action"),
                    help="stop each row at the end of its ACTION line (default) or only at eos / the token "
                         "limit [LEAP_STOP_AT]")
+    g.add_argument("--prefix-cache", choices=["on", "off"], default=env_default("prefix-cache", "on"),
+                   help="keep the KV cache of the shared system message per adapter and prefill only the rest of "
+                        "each prompt (local backend) [LEAP_PREFIX_CACHE]")
 
 
 def build_service(args: argparse.Namespace):
@@ -84,8 +90,8 @@ def build_service(args: argparse.Namespace):
 
         backend = LocalBackend(LocalOptions(
             model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
-            max_wait_ms=args.max_wait_ms, stop_at_action_line=args.stop_at == "action",
-            checkpoint_root=args.checkpoint_root))
+            max_prefill_rows=args.max_prefill_rows, max_wait_ms=args.max_wait_ms, stop_at_action_line=args.stop_at == "action",
+            checkpoint_root=args.checkpoint_root, prefix_cache=args.prefix_cache == "on"))
     else:
         from services.student.backends.remote import RemoteBackend, RemoteOptions
 

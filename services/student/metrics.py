@@ -17,6 +17,8 @@ QUEUE_WAIT = Histogram(
 QUEUE_DEPTH = Gauge("leap_student_queue_depth", "Rows waiting for a place in a batch")
 GENERATED_TOKENS = Counter("leap_student_generated_tokens_total", "Completion tokens generated")
 PROMPT_TOKENS = Counter("leap_student_prompt_tokens_total", "Prompt tokens processed")
+PREFIX_CACHED_TOKENS = Counter("leap_student_prefix_cached_tokens_total",
+                               "Prompt tokens served from the system-message KV cache instead of prefilled")
 ACT_ITEMS = Counter("leap_student_act_items_total", "Items answered by Act, by adapter version and validity",
                     ["version", "valid"])
 ADAPTER_LOADS = Counter("leap_student_adapter_loads_total", "LoadAdapter calls by outcome (status code name)",

@@ -99,6 +99,10 @@ class EncodedPrompt:
     text: str
     ids: list[int] | None
     token_count: int
+    #: Leading ids that are the rendered system message alone (0: none, or not a clean token
+    #: boundary). Every prompt of an environment shares them, so the local backend computes their KV
+    #: cache once per adapter and prefills only the rest.
+    prefix_tokens: int = 0
 
 
 @dataclass

@@ -59,7 +59,9 @@ def code_of(call) -> grpc.StatusCode:
 @pytest.fixture(scope="module")
 def student():
     metrics_port = free_port()
-    backend = GatedLocalBackend(LocalOptions(max_batch_size=8, max_wait_ms=50))
+    # fp32: a row's tokens must not depend on its batch companions, which holds exactly in fp32 (in
+    # bf16 a different batch shape can round differently and flip a sampled token).
+    backend = GatedLocalBackend(LocalOptions(max_batch_size=8, max_wait_ms=50, dtype="float32"))
     service = StudentService(backend, StudentLimits(default_max_new_tokens=SHORT, max_prompt_tokens=400, max_items=8))
     host, startup = start_in_background(service, ServerConfig(port=0, metrics_port=metrics_port, log_format="text"))
     client = StudentClient(f"127.0.0.1:{host.port}", timeout=120)

@@ -7,11 +7,19 @@ Decoding
       is prefilled on its own, its KV cache is left-padded to the batch's length and concatenated;
       finished rows leave at once (their futures resolve, the cache shrinks);
     - every row has its own temperature, top_p, max_new_tokens and torch.Generator, so a seeded row
-      draws the same random numbers whatever else is in the batch (reproducibility);
+      draws the same random numbers whatever else is in the batch (reproducibility; exact in fp32,
+      while in bf16 another batch shape may round differently and, rarely, flip a token);
     - a row stops at the end of its ACTION line (or at eos, or at max_new_tokens);
     - rows of different adapter versions share a forward pass through peft's per-row
       `adapter_names`; a batch of one version uses the plain (faster) path.
     Left padding with explicit position ids keeps every row's positions as if it ran alone.
+
+System-prompt cache
+    Every prompt of an environment starts with the same rendered system message (about a third of a
+    household prompt). Its KV cache is computed once per adapter and kept (LRU); a newcomer's
+    prefill then runs only on the rest of its prompt, on top of a copy of that cache:
+    `[pad][system KV][pad][rest of prompt]`, with the mask hiding both pads and positions continuing
+    from the end of the system message, so the row computes what it would have computed alone.
 
 Hot swap
     `prepare_adapter` reads and verifies the checkpoint on the caller's thread (hashes, config,
@@ -19,7 +27,8 @@ Hot swap
     injection runs on the scheduler thread, between two decode steps, so requests keep flowing and
     no forward pass ever sees a half-loaded adapter. A failed injection is rolled back.
 
-Models: "smollm2" (default, offline), any local folder, or a hub id; fp32 on CPU, bf16/fp16 on GPU.
+Models: "smollm2" (default, offline), any local folder, or a hub id; bf16/fp16 on GPU, bf16 on CPUs with
+AMX (native bf16 matmuls, 3-4x faster prefill there), fp32 on other CPUs.
 """
 
 from __future__ import annotations
@@ -29,9 +38,10 @@ import secrets
 import threading
 import time
 import warnings
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import Future
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -63,6 +73,10 @@ class LocalOptions:
     device: str = "auto"
     dtype: str = "auto"
     max_batch_size: int = 8
+    #: Rows prefilled together; more newcomers join the running batch on the next steps. Prefill
+    #: attention grows with rows x length^2, so a wide decode batch is best filled in chunks
+    #: (0: up to max_batch_size at once).
+    max_prefill_rows: int = 16
     #: How long the first queued row waits for companions before a new batch starts, and how long
     #: newcomers may wait before they are prefilled into a running batch.
     max_wait_ms: float = 10.0
@@ -70,6 +84,14 @@ class LocalOptions:
     stop_at_action_line: bool = True
     #: Relative checkpoint URIs resolve against this folder (the shared run root).
     checkpoint_root: str = ""
+    #: Cache the KV of the shared system message (per adapter) and prefill only the rest of a prompt.
+    prefix_cache: bool = True
+    #: System-message caches kept (one per system message and adapter), least recently used dropped.
+    prefix_cache_entries: int = 16
+
+
+#: System messages shorter than this are not worth a cache entry.
+_MIN_PREFIX_TOKENS = 16
 
 
 class _Row:
@@ -123,6 +145,11 @@ class LocalBackend(Backend):
         self._thread: threading.Thread | None = None
         self._can_join = True
         self._adapter_mode: str | None = None  # what the peft layers are set to: handle, "disabled" or None
+        #: (adapter handle, system ids) -> per-layer (keys, values) of shape [1, heads, P, dim].
+        self._prefix_kv: OrderedDict[tuple[str | None, tuple[int, ...]], list[tuple[torch.Tensor, torch.Tensor]]] = \
+            OrderedDict()
+        self._prefix_ok = self.options.prefix_cache
+        self._system_ids: dict[str, list[int]] = {}  # rendered system message -> its ids (tokenizer thread)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -146,7 +173,7 @@ class LocalBackend(Backend):
             if isinstance(module, torch.nn.Linear)
         }
         names = {self.options.model, self.spec.location, getattr(self.model.config, "_name_or_path", "")}
-        if resolve_model(self.options.model).location == resolve_model("smollm2").location:
+        if self._is_default_model():
             names.update(_SMOLLM2_NAMES)
         self._base_names = [self.spec.requested] + sorted(n for n in names if n and n != self.spec.requested)
         self._thread = threading.Thread(target=self._loop, name="student-batcher", daemon=True)
@@ -155,6 +182,19 @@ class LocalBackend(Backend):
         log.info("model loaded", extra={"model": self.spec.location, "device": self.device,
                                         "dtype": str(self.dtype).replace("torch.", ""),
                                         "seconds": round(time.perf_counter() - started, 2)})
+
+    def _is_default_model(self) -> bool:
+        """True when the loaded model is the embedded SmolLM2 (whose checkpoints may name it by any alias).
+
+        A machine serving another model need not have the embedded one installed at all.
+        """
+        if self.spec.is_local and self.options.model.strip().lower() in {"smollm2", "smollm2-135m", "default",
+                                                                         "smollm2-135m-instruct"}:
+            return True
+        try:
+            return Path(self.spec.location).resolve() == Path(resolve_model("smollm2").location).resolve()
+        except (FileNotFoundError, ImportError, OSError):  # the embedded model is not installed here
+            return False
 
     def close(self) -> None:
         self._stop.set()
@@ -181,8 +221,30 @@ class LocalBackend(Backend):
     def encode_prompt(self, messages: list[dict[str, str]]) -> EncodedPrompt:
         with self._tokenizer_lock:  # one Rust tokenizer shared by the handler threads
             text = chat_prompt(self.tokenizer, messages)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return EncodedPrompt(messages=messages, text=text, ids=list(ids), token_count=len(ids))
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            prefix = self._system_prefix(messages, text, ids) if self._prefix_ok else 0
+        return EncodedPrompt(messages=messages, text=text, ids=ids, token_count=len(ids), prefix_tokens=prefix)
+
+    def _system_prefix(self, messages: list[dict[str, str]], text: str, ids: list[int]) -> int:
+        """How many leading ids are the system message alone, when that is a clean token boundary."""
+        if len(messages) < 2 or messages[0].get("role") != "system":
+            return 0
+        try:
+            head = self.tokenizer.apply_chat_template(messages[:1], add_generation_prompt=False, tokenize=False)
+        except Exception:  # noqa: BLE001 - a template without a system role: no shared prefix
+            return 0
+        if not isinstance(head, str) or not text.startswith(head):
+            return 0
+        head_ids = self._system_ids.get(head)
+        if head_ids is None:
+            head_ids = list(self.tokenizer(head, add_special_tokens=False)["input_ids"])
+            if len(self._system_ids) >= 64:
+                self._system_ids.clear()
+            self._system_ids[head] = head_ids
+        n = len(head_ids)
+        if n < _MIN_PREFIX_TOKENS or n >= len(ids) or ids[:n] != head_ids:
+            return 0
+        return n
 
     # -- generation ------------------------------------------------------------------------------
 
@@ -213,7 +275,8 @@ class LocalBackend(Backend):
                     if batch is None:
                         self._wait_for_work()
                         self._run_control()
-                        newcomers = self._take_newcomers(self.options.max_batch_size, first_batch=True)
+                        newcomers = self._take_newcomers(self._prefill_room(self.options.max_batch_size),
+                                                         first_batch=True)
                         if newcomers:
                             batch = self._prefill(newcomers)
                         continue
@@ -224,7 +287,7 @@ class LocalBackend(Backend):
                         self._run_control()  # an adapter load waits for one forward pass at most
                     room = self.options.max_batch_size - (len(batch.rows) if batch else 0)
                     if room > 0 and (batch is None or self._can_join):
-                        newcomers = self._take_newcomers(room, first_batch=batch is None)
+                        newcomers = self._take_newcomers(self._prefill_room(room), first_batch=batch is None)
                         if newcomers:
                             joined = self._prefill(newcomers)
                             batch = joined if batch is None else self._merge(batch, joined)
@@ -242,6 +305,10 @@ class LocalBackend(Backend):
         with self._cond:
             while not self._pending and not self._control and not self._stop.is_set():
                 self._cond.wait(timeout=1.0)
+
+    def _prefill_room(self, room: int) -> int:
+        cap = self.options.max_prefill_rows
+        return min(room, cap) if cap > 0 else room
 
     def _take_newcomers(self, room: int, *, first_batch: bool) -> list[_Row]:
         """Rows to start now: up to `room`, once enough are queued or the oldest has waited long enough."""
@@ -309,22 +376,79 @@ class LocalBackend(Backend):
     def _prefill(self, rows: list[_Row]) -> _Batch:
         from transformers import DynamicCache
 
+        for row in rows:
+            row.generator = self._generator_for(row)
+        prefixes = [self._prefix_for(row) for row in rows]
         lengths = [len(row.request.prompt.ids) for row in rows]
-        width = max(lengths)
+        shared = [p[0][0].shape[2] if p else 0 for p in prefixes]
+        prefix_width = max(shared)
+        rest = [length - n for length, n in zip(lengths, shared)]
+        width = max(rest)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, length) in enumerate(zip(rows, lengths)):
-            input_ids[i, width - length:] = torch.tensor(row.request.prompt.ids, dtype=torch.long)
-            mask[i, width - length:] = 1
+        mask = torch.zeros((len(rows), prefix_width + width), dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, (row, length, n, m) in enumerate(zip(rows, lengths, shared, rest)):
+            input_ids[i, width - m:] = torch.tensor(row.request.prompt.ids[n:], dtype=torch.long)
+            mask[i, prefix_width - n:prefix_width] = 1
+            mask[i, prefix_width + width - m:] = 1
+            positions[i, width - m:] = torch.arange(n, length, dtype=torch.long)
             row.position = length
-            row.generator = self._generator_for(row)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
+        if prefix_width:
+            self._seed_cache(cache, prefixes, shared, prefix_width)
+            metrics.PREFIX_CACHED_TOKENS.inc(sum(shared))
         out = self._forward(rows, input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
                             position_ids=positions.to(self.device), past_key_values=cache)
         self._can_join = self._can_join and all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
         return _Batch(rows, cache, mask.to(self.device), out.logits[:, -1, :].float())
+
+    def _seed_cache(self, cache, prefixes: list, shared: list[int], width: int) -> None:
+        """Fill an empty cache with each row's system-message KV, left-padded to `width`."""
+        template = next(p for p in prefixes if p)
+        for layer_idx in range(len(template)):
+            keys, values = [], []
+            for prefix, n in zip(prefixes, shared):
+                if prefix:
+                    k, v = prefix[layer_idx]
+                    keys.append(torch.nn.functional.pad(k, (0, 0, width - n, 0)))
+                    values.append(torch.nn.functional.pad(v, (0, 0, width - n, 0)))
+                else:
+                    k, v = template[layer_idx]
+                    keys.append(k.new_zeros((1, k.shape[1], width, k.shape[3])))
+                    values.append(v.new_zeros((1, v.shape[1], width, v.shape[3])))
+            cache.update(torch.cat(keys, dim=0), torch.cat(values, dim=0), layer_idx)
+
+    def _prefix_for(self, row: _Row) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """The cached system-message KV of this row's prompt and adapter, computed on a miss."""
+        n = row.request.prompt.prefix_tokens
+        ids = row.request.prompt.ids
+        if not self._prefix_ok or n < _MIN_PREFIX_TOKENS or n >= len(ids):
+            return None
+        key = (row.request.adapter_handle, tuple(ids[:n]))
+        cached = self._prefix_kv.get(key)
+        if cached is not None:
+            self._prefix_kv.move_to_end(key)
+            return cached
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        self._forward([row], input_ids=torch.tensor([ids[:n]], dtype=torch.long, device=self.device),
+                      attention_mask=torch.ones((1, n), dtype=torch.long, device=self.device),
+                      position_ids=torch.arange(n, dtype=torch.long, device=self.device)[None],
+                      past_key_values=cache)
+        if not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+            self._prefix_ok = False  # sliding-window or other special layers: prefill whole prompts
+            return None
+        entry = [(layer.keys, layer.values) for layer in cache.layers]
+        self._prefix_kv[key] = entry
+        while len(self._prefix_kv) > max(1, self.options.prefix_cache_entries):
+            self._prefix_kv.popitem(last=False)
+        return entry
+
+    def _forget_prefixes(self, handle: str) -> None:
+        for key in [k for k in self._prefix_kv if k[0] == handle]:
+            del self._prefix_kv[key]
 
     def _generator_for(self, row: _Row) -> torch.Generator | None:
         sampling = row.request.sampling
@@ -523,6 +647,7 @@ class LocalBackend(Backend):
         from peft import PeftModel, set_peft_model_state_dict
 
         created = False
+        self._forget_prefixes(handle)
         try:
             if self.peft is None:
                 with warnings.catch_warnings():  # transformers deprecation noise triggered inside peft
@@ -571,6 +696,7 @@ class LocalBackend(Backend):
             if self.peft is not None and handle in self.peft.peft_config and len(self.peft.peft_config) > 1:
                 self.peft.delete_adapter(handle)
                 self._adapter_mode = None
+                self._forget_prefixes(handle)
                 metrics.LOADED_ADAPTERS.set(len(self.peft.peft_config))
                 log.info("adapter unloaded", extra={"handle": handle})
 

@@ -1,0 +1,87 @@
+"""The system-message KV cache of the local backend: same tokens as a full prefill, per adapter.
+
+Two backends on the real model in fp32 (where a batch's arithmetic does not change greedy choices), one
+with the cache and one without, answer the same prompts: household prompts sharing one system message,
+a prompt of another environment (another system message, so another prefix length in the same batch)
+and a prompt with no system message at all.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from services.student import metrics
+from services.student.backends.local import LocalBackend, LocalOptions
+from services.student.prompts import format_target, render_messages
+from services.student.types import GenerationRequest, Sampling
+from tests.student.helpers import FIXED_ACTION, FIXED_REASON, STATES
+
+NEW_TOKENS = 12
+
+
+def _messages() -> list[list[dict[str, str]]]:
+    household = [render_messages(s["env"], s["goal"], s["history"], s["observation"], s["candidates"]) for s in STATES]
+    bash = render_messages("bash", "count the files in /tmp", [("$ ", "cd /tmp")], "$ ", [])
+    no_system = [household[0][1]]
+    return household + [bash, no_system]
+
+
+@pytest.fixture(scope="module")
+def backends():
+    cached = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=True))
+    plain = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=False))
+    cached.start()
+    plain.start()
+    yield cached, plain
+    cached.close()
+    plain.close()
+
+
+def _generate(backend: LocalBackend, messages, handle=None, version="base") -> list[list[int]]:
+    requests = [GenerationRequest(prompt=backend.encode_prompt(m), sampling=Sampling(max_new_tokens=NEW_TOKENS),
+                                  version=version, adapter_handle=handle) for m in messages]
+    return [f.result(timeout=300).token_ids for f in backend.submit(requests)]
+
+
+def test_the_shared_prefix_is_exactly_the_system_message(backends):
+    cached, plain = backends
+    household, _, _, bash, no_system = _messages()
+    prompt = cached.encode_prompt(household)
+    system_only = cached.tokenizer.apply_chat_template(household[:1], add_generation_prompt=False, tokenize=False)
+    assert prompt.prefix_tokens == len(cached.tokenizer(system_only, add_special_tokens=False)["input_ids"])
+    assert prompt.text.startswith(system_only) and 16 < prompt.prefix_tokens < prompt.token_count
+    assert 0 < cached.encode_prompt(bash).prefix_tokens != prompt.prefix_tokens
+    assert cached.encode_prompt(no_system).prefix_tokens == 0
+    assert plain.encode_prompt(household).prefix_tokens == 0  # cache off: nothing is marked
+
+
+def test_cached_prefill_gives_the_tokens_of_a_full_prefill(backends):
+    cached, plain = backends
+    messages = _messages()
+    before = metrics.PREFIX_CACHED_TOKENS._value.get()
+    expected = _generate(plain, messages)
+    for _ in range(2):  # a miss (computes the entries), then hits
+        assert _generate(cached, messages) == expected
+    # Alone, and joining a running batch, the answers do not change either.
+    assert [_generate(cached, [m])[0] for m in messages[:2]] == expected[:2]
+    shared = sum(cached.encode_prompt(m).prefix_tokens for m in messages)
+    assert metrics.PREFIX_CACHED_TOKENS._value.get() - before >= 2 * shared
+
+
+def test_each_adapter_gets_its_own_prefix_cache(backends, trained_adapter):
+    from services.student.types import CheckpointSpec
+
+    cached, plain = backends
+    path, sha = trained_adapter
+    handles = []
+    for backend in (cached, plain):
+        prepared = backend.prepare_adapter(CheckpointSpec(version="v1", uri=str(path), sha256=sha))
+        handles.append(backend.install_adapter(prepared, "adapter_test"))
+    household = _messages()[:3]
+    # The base prefix is cached first; an adapter row must not reuse it.
+    assert _generate(cached, household) == _generate(plain, household)
+    with_adapter = _generate(cached, household, handles[0], "v1")
+    assert with_adapter == _generate(plain, household, handles[1], "v1")
+    decoded = cached.tokenizer.decode(with_adapter[0], skip_special_tokens=True)
+    assert len(decoded) > 10 and format_target(FIXED_REASON, FIXED_ACTION).startswith(decoded)
+    assert {key[0] for key in cached._prefix_kv} >= {None, handles[0]}
