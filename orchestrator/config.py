@@ -37,11 +37,13 @@ class StudentConfig:
     model: str = "smollm2"
     address: str = ""
     device: str = "cpu"
+    dtype: str = "auto"               # auto: bf16 on GPUs and on CPUs with AMX, else fp32
     max_new_tokens: int = 48
     rollout_temperature: float = 0.3
     eval_temperature: float = 0.0
     history_window: int = 4
     max_batch_size: int = 16
+    max_prefill_rows: int = 16
     max_wait_ms: int = 20
 
 
@@ -61,12 +63,14 @@ class TrainerConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=list)  # empty: the trainer's default (attention projections)
     learning_rate: float = 3e-4
     epochs: float = 1.0
     batch_size: int = 8
     max_length: int = 512
     max_steps: int = 0
     beta: float = 0.1
+    max_examples: int = 0          # cap on an iteration's aggregated training set (0: no cap), equal shares
 
 
 @dataclass

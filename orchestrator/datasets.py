@@ -80,12 +80,19 @@ def correction_rows(env: str, pairs: list[tuple[common_pb2.Trajectory, teacher_p
     return rows
 
 
-def aggregate(per_iteration: list[list[dict]], seed: int) -> list[dict]:
-    """LEAP's aggregation: subsample each iteration's data to the size of the smallest, then mix."""
+def aggregate(per_iteration: list[list[dict]], seed: int, max_rows: int = 0) -> list[dict]:
+    """LEAP's aggregation: subsample each iteration's data to the size of the smallest, then mix.
+
+    `max_rows` > 0 caps the mixture: every iteration then contributes `max_rows // iterations` rows at
+    most (still equal shares), which keeps the cost of a training job flat across iterations when
+    each iteration continues from the previous adapter.
+    """
     non_empty = [rows for rows in per_iteration if rows]
     if not non_empty:
         return []
     size = min(len(rows) for rows in non_empty)
+    if max_rows > 0:
+        size = max(1, min(size, max_rows // len(non_empty)))
     rng = random.Random(seed)
     mixed = []
     for rows in non_empty:

@@ -76,8 +76,9 @@ class LocalServices:
                         privileged_env)
         if not self.addresses["student"]:
             s = config.student
-            self._spawn("student", ["student", "serve", "--model", s.model, "--device", s.device,
-                                    "--max-batch-size", str(s.max_batch_size), "--max-wait-ms", str(s.max_wait_ms),
+            self._spawn("student", ["student", "serve", "--model", s.model, "--device", s.device, "--dtype", s.dtype,
+                                    "--max-batch-size", str(s.max_batch_size),
+                                    "--max-prefill-rows", str(s.max_prefill_rows), "--max-wait-ms", str(s.max_wait_ms),
                                     "--history-window", str(s.history_window), *common], {})
         if not start_trainer:
             del self.addresses["trainer"]

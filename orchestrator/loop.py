@@ -30,7 +30,7 @@ import yaml
 
 from leap.v1 import common_pb2, environment_pb2, student_pb2, trainer_pb2
 from orchestrator import datasets as ds
-from orchestrator.config import RunConfig
+from orchestrator.config import RunConfig, load_config
 from orchestrator.episodes import (
     EpisodeSettings,
     ServiceStubs,
@@ -107,7 +107,9 @@ class LeapRun:
         if snapshot.exists():
             if not resume:
                 raise ConfigMismatch(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
-            if snapshot.read_text() != text:
+            # Compared as configs, not text: a snapshot written before a field existed reads with that
+            # field's default, so runs started by an older release still resume.
+            if load_config(snapshot).to_dict() != config.to_dict():
                 raise ConfigMismatch(f"the config differs from the one {run_dir} was started with "
                                      f"({snapshot}); resume with that config or start a new run")
         else:
@@ -286,13 +288,15 @@ class LeapRun:
         # Aggregate with earlier iterations of the same kind (BC data is SFT-shaped).
         first = 0 if method == "sft" else 1
         history = [ds.read_rows(self.run_dir / "datasets" / f"iter{k}-{method}.jsonl") for k in range(first, i)]
-        mixed = ds.aggregate(history + [rows], seed=self.config.seed * 7919 + i)
+        mixed = ds.aggregate(history + [rows], seed=self.config.seed * 7919 + i,
+                             max_rows=self.config.trainer.max_examples)
         path = ds.write_rows(self.run_dir / "datasets" / f"train-iter{i}-{method}.jsonl", mixed)
         return {"rows_file": str(own), "rows": len(rows), "mixed_file": str(path), "mixed_rows": len(mixed)}
 
     def _hyper(self) -> trainer_pb2.HyperParameters:
         t = self.config.trainer
         return trainer_pb2.HyperParameters(lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
+                                           target_modules=list(t.target_modules),
                                            learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
                                            max_length=t.max_length, max_steps=t.max_steps, beta=t.beta,
                                            seed=self.config.seed)

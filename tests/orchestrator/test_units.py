@@ -80,6 +80,17 @@ def test_aggregate_subsamples_to_smallest_and_is_seeded():
     assert ds.aggregate([[], []], seed=0) == []
 
 
+def test_aggregate_cap_keeps_equal_shares():
+    a = [{"i": f"a{k}"} for k in range(10)]
+    b = [{"i": f"b{k}"} for k in range(8)]
+    c = [{"i": f"c{k}"} for k in range(9)]
+    capped = ds.aggregate([a, b, c], seed=2, max_rows=12)
+    assert len(capped) == 12
+    assert [sum(r["i"].startswith(p) for r in capped) for p in "abc"] == [4, 4, 4]
+    assert len(ds.aggregate([a, b, c], seed=2, max_rows=100)) == 24  # the cap only lowers: smallest wins
+    assert len({r["i"] for r in capped}) == 12
+
+
 def test_seeds_are_stable_and_distinct():
     assert derive_seed(0, "train-1", 3) == derive_seed(0, "train-1", 3)
     assert derive_seed(0, "train-1", 3) != derive_seed(0, "train-1", 4)
@@ -111,3 +122,25 @@ def test_trajectory_files_round_trip(tmp_path):
     path = ds.write_trajectories(tmp_path / "t.jsonl", trajs)
     assert ds.read_trajectories(path) == trajs
     assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+def test_progress_outside_a_terminal_prints_plain_lines():
+    import io
+
+    from rich.console import Console
+
+    from orchestrator.progress import ProgressReporter
+
+    out = io.StringIO()
+    reporter = ProgressReporter(Console(file=out, force_terminal=False, width=200), log_every_s=0.0)
+    with reporter.phase("baseline: evaluate on valid_unseen", 3) as bar:
+        for k in range(3):
+            bar.advance(1, info=f"success {k}%")
+    with reporter.phase("iter0: train (sft)", None) as bar:
+        bar.update(completed=5, total=10, info="loss 1.234")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "baseline: evaluate on valid_unseen: started (3 to do)"
+    assert lines[1].startswith("baseline: evaluate on valid_unseen: 1/3  success 0%  ")
+    assert lines[4].startswith("baseline: evaluate on valid_unseen: done, 3/3  success 2%  ")
+    assert lines[-1].startswith("iter0: train (sft): done, 5/10  loss 1.234  ")
+    assert "\x1b[" not in out.getvalue()  # no terminal escapes in a log file
