@@ -8,8 +8,9 @@ local folder or a hub id, passed to transformers as is (the code path for users 
 from services.models.loading import (
     DEFAULT_MODEL,
     ModelSpec,
-    load_model_and_tokenizer,
     cpu_has_bf16_matmul,
+    is_default_alias,
+    load_model_and_tokenizer,
     pick_device,
     pick_dtype,
     resolve_model,
@@ -21,6 +22,7 @@ __all__ = [
     "ModelSpec",
     "cpu_has_bf16_matmul",
     "ensure_smollm2_folder",
+    "is_default_alias",
     "load_model_and_tokenizer",
     "pick_device",
     "pick_dtype",

@@ -18,10 +18,15 @@ class ModelSpec:
     is_local: bool
 
 
+def is_default_alias(name: str | None) -> bool:
+    """True for the names that mean the embedded SmolLM2 ("smollm2", "default", ...)."""
+    return (name or DEFAULT_MODEL).strip().lower() in _ALIASES
+
+
 def resolve_model(name_or_path: str | None) -> ModelSpec:
     """Alias -> converted local folder; existing folder -> itself; anything else -> a hub id."""
     name = (name_or_path or DEFAULT_MODEL).strip()
-    if name.lower() in _ALIASES:
+    if is_default_alias(name):
         from services.models.smollm2 import ensure_smollm2_folder
 
         return ModelSpec(name, str(ensure_smollm2_folder()), True)

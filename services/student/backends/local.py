@@ -46,7 +46,7 @@ from typing import Any, Callable
 
 import torch
 
-from services.models import load_model_and_tokenizer, resolve_model
+from services.models import is_default_alias, load_model_and_tokenizer, resolve_model
 from services.runtime.errors import FailedPrecondition, Unavailable
 from services.student import metrics
 from services.student.backends.base import Backend, PreparedAdapter
@@ -188,8 +188,7 @@ class LocalBackend(Backend):
 
         A machine serving another model need not have the embedded one installed at all.
         """
-        if self.spec.is_local and self.options.model.strip().lower() in {"smollm2", "smollm2-135m", "default",
-                                                                         "smollm2-135m-instruct"}:
+        if is_default_alias(self.options.model):
             return True
         try:
             return Path(self.spec.location).resolve() == Path(resolve_model("smollm2").location).resolve()
