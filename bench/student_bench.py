@@ -15,6 +15,10 @@ prompt so that load drift hits both alike).
    static-batching reference.
 3. Hot swap: while 4 clients keep calling Act, LoadAdapter of a new LoRA version; time of the
    LoadAdapter call and time from the call to the first response that names the new version.
+4. Wide batch (the evaluation regime of `leap run`, every episode in flight): `--wide` rows of
+   `--wide-new-tokens` tokens each, straight through the backend (no gRPC), with the KV cache that
+   appends in place and with transformers' DynamicLayer (a concatenation per layer and step),
+   against raw `model.generate` on one padded batch of the same prompts.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--requests-per-client", type=int, default=2)
     parser.add_argument("--swaps", type=int, default=3)
+    parser.add_argument("--wide", type=int, default=48, help="rows of the wide-batch comparison (0: skip it)")
+    parser.add_argument("--wide-new-tokens", type=int, default=32)
     parser.add_argument("--out", default=str(RESULTS / "student.json"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations raised inside peft
@@ -287,10 +293,53 @@ def main() -> int:
         folder.rmdir()
     adapter_dir.rmdir()
 
+    # 4. wide batch, decode-bound
+    if args.wide > 0:
+        from services.student.types import GenerationRequest, Sampling
+
+        wide_states = household_states(args.wide)
+        wide_ids = [backend.encode_prompt(render_messages(**st)).ids for st in wide_states]
+        result["wide_batch"] = {"rows": args.wide, "new_tokens": args.wide_new_tokens,
+                                "prompt_tokens_mean": round(statistics.mean(map(len, wide_ids)), 1), "paths": []}
+        saved_new_tokens = args.max_new_tokens
+        args.max_new_tokens = args.wide_new_tokens
+        t = time.perf_counter()
+        raw_rows = raw_generate(wide_ids)
+        raw_wall = time.perf_counter() - t
+        args.max_new_tokens = saved_new_tokens
+        raw_tokens = sum(map(len, raw_rows))
+        result["wide_batch"]["paths"].append({"path": "raw model.generate (one padded batch)", "tokens": raw_tokens,
+                                              "seconds": round(raw_wall, 3),
+                                              "tokens_per_s": round(raw_tokens / raw_wall, 2)})
+        print(json.dumps(result["wide_batch"]["paths"][-1]), flush=True)
+        for in_place in (True, False):
+            wide_backend = LocalBackend(LocalOptions(max_batch_size=args.wide, max_wait_ms=50, stop_at_action_line=False,
+                                                     kv_append_in_place=in_place))
+            wide_backend.start()
+            try:
+                def wide_requests():
+                    return [GenerationRequest(prompt=wide_backend.encode_prompt(render_messages(**st)),
+                                              sampling=Sampling(max_new_tokens=args.wide_new_tokens),
+                                              version="base", adapter_handle=None) for st in wide_states]
+                [f.result() for f in wide_backend.submit(wide_requests()[:2])]  # warm-up
+                requests = wide_requests()
+                t = time.perf_counter()
+                generations = [f.result() for f in wide_backend.submit(requests)]
+                wall = time.perf_counter() - t
+            finally:
+                wide_backend.close()
+            tokens = sum(len(g.token_ids) for g in generations)
+            result["wide_batch"]["paths"].append({
+                "path": "backend, KV appended in place" if in_place else "backend, transformers DynamicLayer",
+                "tokens": tokens, "seconds": round(wall, 3), "tokens_per_s": round(tokens / wall, 2),
+                "over_raw_throughput": round((tokens / wall) / (raw_tokens / raw_wall), 3),
+                "same_tokens_as_raw": sum(g.token_ids == r for g, r in zip(generations, raw_rows))})
+            print(json.dumps(result["wide_batch"]["paths"][-1]), flush=True)
+
     result["machine"]["load_average_end"] = load_average()
     result["seconds_total"] = round(time.time() - started, 1)
     result["notes"] = [
-        "CPU only, fp32; the machine is shared with other work (see the load averages).",
+        f"CPU only, {result['model']['dtype']} (dtype auto); see the load averages for other work on the machine.",
         "Overhead: same prompts, greedy, batch 1; the service runs with --stop-at eos so both paths generate "
         "identical tokens; service time includes gRPC, prompt rendering, tokenisation and parsing.",
         "Concurrency: each client sends its own prompts one after another; rows join running batches between "
@@ -298,6 +347,8 @@ def main() -> int:
         "Prompts dominate the work (about 470 prompt tokens per ~16-32 generated): on a 2-core CPU the prefill is "
         "already compute-bound, so batching adds less than it does for decode-heavy loads; see "
         "prompt_plus_completion_tokens_per_s.",
+        "Wide batch: rows prefilled in chunks of 16 while earlier ones decode (as in `leap run`); in bf16 a "
+        "different batch shape can round differently, so a few rows may differ from raw generate after a while.",
         "Hot swap: the LoadAdapter call verifies the checkpoint, then waits for the forward pass in flight (up to one "
         "prefill of the newcomers) before the weights are injected; call-to-first-response also includes the "
         "generation of a whole request (16 new tokens) admitted after the swap.",
@@ -358,8 +409,18 @@ def markdown(r: dict) -> str:
         lines.append(f"| {s['version']} | {s['load_adapter_call_s']} | {s['server_load_seconds']} | "
                      f"{s['call_to_first_response_on_new_version_s']} |")
     lines += ["", f"Requests served during the swaps: {r['hot_swap']['requests_during_swaps']}, failed: "
-              f"{r['hot_swap']['failed_requests']}.", "",
-              "## Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]
+              f"{r['hot_swap']['failed_requests']}.", ""]
+    if "wide_batch" in r:
+        w = r["wide_batch"]
+        lines += [f"## Wide batch: {w['rows']} rows x {w['new_tokens']} new tokens "
+                  f"({w['prompt_tokens_mean']} prompt tokens on average)", "",
+                  "| path | tokens | seconds | tokens/s | / raw | rows identical to raw |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for path in w["paths"]:
+            lines.append(f"| {path['path']} | {path['tokens']} | {path['seconds']} | {path['tokens_per_s']} | "
+                         f"{path.get('over_raw_throughput', 1.0)} | {path.get('same_tokens_as_raw', w['rows'])} |")
+        lines.append("")
+    lines += ["## Notes", ""] + [f"- {n}" for n in r["notes"]] + [""]
     return "\n".join(lines)
 
 

@@ -16,16 +16,20 @@ class HistoryEntry(_message.Message):
     def __init__(self, observation: _Optional[str] = ..., action: _Optional[str] = ...) -> None: ...
 
 class SamplingParams(_message.Message):
-    __slots__ = ("temperature", "max_new_tokens", "seed", "top_p")
+    __slots__ = ("temperature", "max_new_tokens", "seed", "top_p", "constrain_action", "max_reason_tokens")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
+    CONSTRAIN_ACTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_REASON_TOKENS_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     max_new_tokens: int
     seed: int
     top_p: float
-    def __init__(self, temperature: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., top_p: _Optional[float] = ...) -> None: ...
+    constrain_action: bool
+    max_reason_tokens: int
+    def __init__(self, temperature: _Optional[float] = ..., max_new_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., top_p: _Optional[float] = ..., constrain_action: _Optional[bool] = ..., max_reason_tokens: _Optional[int] = ...) -> None: ...
 
 class ActItem(_message.Message):
     __slots__ = ("request_id", "env", "goal", "history", "observation", "candidates", "sampling", "adapter_version")
@@ -126,7 +130,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("base_model", "backend", "device", "dtype", "supports_hot_swap", "supports_per_request_adapter", "max_batch_size", "max_prompt_tokens", "current_version")
+    __slots__ = ("base_model", "backend", "device", "dtype", "supports_hot_swap", "supports_per_request_adapter", "max_batch_size", "max_prompt_tokens", "current_version", "supports_action_constraint")
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +140,7 @@ class ModelInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_ACTION_CONSTRAINT_FIELD_NUMBER: _ClassVar[int]
     base_model: str
     backend: str
     device: str
@@ -145,4 +150,5 @@ class ModelInfo(_message.Message):
     max_batch_size: int
     max_prompt_tokens: int
     current_version: str
-    def __init__(self, base_model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., supports_hot_swap: _Optional[bool] = ..., supports_per_request_adapter: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., current_version: _Optional[str] = ...) -> None: ...
+    supports_action_constraint: bool
+    def __init__(self, base_model: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., supports_hot_swap: _Optional[bool] = ..., supports_per_request_adapter: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_prompt_tokens: _Optional[int] = ..., current_version: _Optional[str] = ..., supports_action_constraint: _Optional[bool] = ...) -> None: ...

@@ -24,11 +24,13 @@ SERVICE_NAME = "leap.v1.StudentService"
 def act_item(*, env: str, goal: str, observation: str, candidates: Sequence[str] = (),
              history: Iterable[tuple[str, str] | Mapping[str, str] | student_pb2.HistoryEntry] = (),
              request_id: str = "", temperature: float = 0.0, max_new_tokens: int = 0, seed: int = 0,
-             top_p: float = 0.0, adapter_version: str = "") -> student_pb2.ActItem:
+             top_p: float = 0.0, adapter_version: str = "", constrain_action: bool = False,
+             max_reason_tokens: int = 0) -> student_pb2.ActItem:
     """Build an ActItem. `history` holds (observation, action) pairs, oldest first.
 
     temperature 0 is greedy; seed 0 means unseeded; max_new_tokens 0 and top_p 0 mean server defaults;
-    adapter_version "" means the current version at admission.
+    adapter_version "" means the current version at admission. constrain_action chooses the action
+    among the candidates (guided decoding), after at most max_reason_tokens of reason (0: max_new_tokens).
     """
     entries = []
     for entry in history:
@@ -43,7 +45,8 @@ def act_item(*, env: str, goal: str, observation: str, candidates: Sequence[str]
         request_id=request_id, env=env, goal=goal, history=entries, observation=observation,
         candidates=list(candidates), adapter_version=adapter_version,
         sampling=student_pb2.SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
-                                            top_p=top_p))
+                                            top_p=top_p, constrain_action=constrain_action,
+                                            max_reason_tokens=max_reason_tokens))
 
 
 class StudentClient:

@@ -32,6 +32,7 @@ def item_from_pb(item: student_pb2.ActItem) -> ActInput:
         observation=item.observation, candidates=list(item.candidates),
         temperature=item.sampling.temperature, max_new_tokens=item.sampling.max_new_tokens,
         seed=item.sampling.seed, top_p=item.sampling.top_p, adapter_version=item.adapter_version,
+        constrain_action=item.sampling.constrain_action, max_reason_tokens=item.sampling.max_reason_tokens,
     )
 
 
@@ -84,7 +85,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             base_model=d.base_model, backend=d.backend, device=d.device, dtype=d.dtype,
             supports_hot_swap=d.supports_hot_swap, supports_per_request_adapter=d.supports_per_request_adapter,
             max_batch_size=d.max_batch_size, max_prompt_tokens=d.max_prompt_tokens,
-            current_version=d.current_version)
+            current_version=d.current_version, supports_action_constraint=d.supports_action_constraint)
 
 
 def registrations(service: StudentService) -> list[Registration]:

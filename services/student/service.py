@@ -6,6 +6,7 @@ Errors (services.runtime.errors -> gRPC codes by the runtime interceptor):
   limit, sampling values out of range, a malformed checkpoint reference;
 - NOT_FOUND: a pinned adapter version that is not loaded, a checkpoint folder that does not exist;
 - FAILED_PRECONDITION: a corrupt or incompatible checkpoint (the current version keeps serving);
+  constrain_action asked of a backend that cannot restrict tokens;
 - ALREADY_EXISTS: a version name reused for other weights;
 - UNAVAILABLE: the model is still loading, or the server is shutting down;
 - DEADLINE_EXCEEDED: the caller's deadline passed (its rows are dropped from the batch).
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from services.runtime.deadline import NO_DEADLINE, Deadline
 from services.runtime.errors import (
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     ServiceError,
     Unavailable,
@@ -32,7 +34,7 @@ from services.runtime.errors import (
 from services.student import metrics
 from services.student.adapters import AdapterRegistry, AdapterVersion
 from services.student.backends.base import Backend
-from services.student.prompts import DEFAULT_HISTORY_WINDOW, parse_for_env, render_messages
+from services.student.prompts import DEFAULT_HISTORY_WINDOW, parse_for_env, render_messages, spec_for
 from services.student.types import (
     BASE_VERSION,
     ActInput,
@@ -107,11 +109,26 @@ class StudentService:
                 f"(0 means the server default, {self.limits.default_max_new_tokens}), got {item.max_new_tokens}")
         if item.seed < 0:
             raise InvalidArgument(f"{where}: sampling.seed must be >= 0 (0 means unseeded), got {item.seed}")
+        if item.max_reason_tokens < 0 or item.max_reason_tokens > self.limits.max_new_tokens_limit:
+            raise InvalidArgument(
+                f"{where}: sampling.max_reason_tokens must be in [0, {self.limits.max_new_tokens_limit}] "
+                f"(0 means max_new_tokens), got {item.max_reason_tokens}")
+        # Guided decoding applies where the action is one of the candidates: an item without any, or in
+        # an environment that also accepts free text (webshop's search[...], bash), is decoded freely.
+        constrain = bool(item.constrain_action and item.candidates and not spec_for(item.env).free_form)
+        if constrain and not self.backend.supports_action_constraint:
+            raise FailedPrecondition(
+                f"{where}: sampling.constrain_action is not supported by the {self.backend.kind!r} backend "
+                "(only the local transformers backend can restrict tokens to the candidates); "
+                "send constrain_action=false")
+        max_new_tokens = item.max_new_tokens or self.limits.default_max_new_tokens
         return Sampling(
             temperature=_decimal(item.temperature),
-            max_new_tokens=item.max_new_tokens or self.limits.default_max_new_tokens,
+            max_new_tokens=max_new_tokens,
             seed=int(item.seed),
             top_p=_decimal(item.top_p) if item.top_p > 0 else 1.0,
+            constrain_action=constrain,
+            max_reason_tokens=(item.max_reason_tokens or max_new_tokens) if constrain else 0,
         )
 
     def act(self, items: list[ActInput], deadline: Deadline = NO_DEADLINE) -> list[ActOutput]:
@@ -152,8 +169,9 @@ class StudentService:
             raise
 
         requests = [GenerationRequest(prompt=prompt, sampling=sampling, version=record.version,
-                                      adapter_handle=record.handle)
-                    for (_, sampling, prompt), record in zip(prepared, admitted)]
+                                      adapter_handle=record.handle,
+                                      candidates=tuple(item.candidates) if sampling.constrain_action else ())
+                    for (item, sampling, prompt), record in zip(prepared, admitted)]
         try:
             futures = self.backend.submit(requests)
         except BaseException:

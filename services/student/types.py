@@ -22,6 +22,10 @@ class Sampling:
     max_new_tokens: int = 64
     seed: int = 0
     top_p: float = 1.0
+    #: Choose the action among the row's candidates (guided decoding); see `GenerationRequest.candidates`.
+    constrain_action: bool = False
+    #: With constrain_action: free-text tokens before the server writes the ACTION label itself.
+    max_reason_tokens: int = 0
 
     @property
     def greedy(self) -> bool:
@@ -43,6 +47,8 @@ class ActInput:
     seed: int = 0
     top_p: float = 0.0
     adapter_version: str = ""
+    constrain_action: bool = False
+    max_reason_tokens: int = 0
 
 
 @dataclass
@@ -87,6 +93,7 @@ class ModelDescription:
     supports_hot_swap: bool
     supports_per_request_adapter: bool
     max_batch_size: int
+    supports_action_constraint: bool = False
     max_prompt_tokens: int = 0
     current_version: str = BASE_VERSION
 
@@ -114,6 +121,8 @@ class GenerationRequest:
     version: str
     #: Backend-specific adapter handle (peft adapter name, remote adapter id); None for the base model.
     adapter_handle: str | None
+    #: The actions a constrained row may end with (only when `sampling.constrain_action`).
+    candidates: tuple[str, ...] = ()
     #: Set by the caller when nobody waits for the answer any more (deadline, cancellation).
     cancelled: threading.Event = field(default_factory=threading.Event)
 
@@ -127,5 +136,5 @@ class Generation:
     prompt_tokens: int
     #: Rows in the forward batch this row ran in (0: not known, e.g. a remote server batches itself).
     batch_size: int
-    #: "action_line", "eos", "length" or "stop".
+    #: "action_line", "eos", "length", "stop" or "action_choice" (a constrained action completed).
     finish_reason: str

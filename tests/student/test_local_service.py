@@ -135,6 +135,24 @@ def test_act_returns_parsed_output_and_the_sampled_token_ids(student):
         assert result.action in CANDIDATES
 
 
+def test_constrained_act_chooses_among_the_candidates(student):
+    assert student.client.model_info().supports_action_constraint is True
+    items = [act_item(**state, constrain_action=True, max_reason_tokens=4, max_new_tokens=SHORT) for state in STATES]
+    bash = act_item(env="bash", goal="list files", observation="$ ", candidates=["ls"], constrain_action=True,
+                    max_new_tokens=4)
+    results = student.client.act(items + [bash])
+    for result in results[:-1]:
+        assert result.action_valid and result.action in CANDIDATES
+        assert result.raw_output.endswith("ACTION: " + result.action)
+    # bash accepts any command: its candidates are suggestions, so the row is decoded freely (a
+    # constrained row would add the label and a candidate after its 4 tokens of reason).
+    assert len(results[-1].completion_token_ids) <= 4
+    bad = act_item(**STATES[0], constrain_action=True, max_reason_tokens=-1)
+    with pytest.raises(grpc.RpcError) as err:
+        student.client.act([bad])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_reason_tokens" in err.value.details()
+
+
 def test_concurrent_calls_are_batched(student):
     before = scrape(student.metrics_port)
     n = 6

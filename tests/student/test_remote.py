@@ -109,6 +109,14 @@ def test_tgi_adapter_per_request_and_unknown_adapter(tgi):
         grpc.StatusCode.FAILED_PRECONDITION
 
 
+def test_tgi_refuses_constrained_actions_with_a_clear_message(tgi):
+    assert tgi.client.model_info().supports_action_constraint is False
+    with pytest.raises(grpc.RpcError) as err:
+        tgi.client.act([act_item(**STATES[0], constrain_action=True)])
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "constrain_action" in err.value.details() and "'tgi'" in err.value.details()
+
+
 def test_tgi_retries_429_and_5xx_but_not_4xx(tgi):
     item = act_item(**STATES[0], max_new_tokens=2)
     seen = len(tgi.server.requests)

@@ -35,6 +35,9 @@ class Backend(ABC):
 
     #: "local", "tgi" or "openai"
     kind: str = ""
+    #: True when the backend honours `Sampling.constrain_action` (restricts the action's tokens to
+    #: `GenerationRequest.candidates`).
+    supports_action_constraint: bool = False
 
     @abstractmethod
     def start(self) -> None:

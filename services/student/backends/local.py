@@ -10,6 +10,11 @@ Decoding
       draws the same random numbers whatever else is in the batch (reproducibility; exact in fp32,
       while in bf16 another batch shape may round differently and, rarely, flip a token);
     - a row stops at the end of its ACTION line (or at eos, or at max_new_tokens);
+    - a row with `constrain_action` chooses its action among its candidates: its reason is free,
+      then (once it writes the ACTION label, or has it written for it when the reason runs out of
+      tokens or ends without one) each token is restricted to a prefix tree of the candidates'
+      token ids, and the row ends as soon as one candidate is complete, or its remaining tokens
+      are determined (they are appended without further forward passes);
     - rows of different adapter versions share a forward pass through peft's per-row
       `adapter_names`; a batch of one version uses the plain (faster) path.
     Left padding with explicit position ids keeps every row's positions as if it ran alone.
@@ -34,6 +39,7 @@ AMX (native bf16 matmuls, 3-4x faster prefill there), fp32 on other CPUs.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import threading
 import time
@@ -50,6 +56,7 @@ from services.models import is_default_alias, load_model_and_tokenizer, resolve_
 from services.runtime.errors import FailedPrecondition, Unavailable
 from services.student import metrics
 from services.student.backends.base import Backend, PreparedAdapter
+from services.student.backends.kv_cache import AppendLayer, is_full_attention, merge_into, new_decode_cache
 from services.student.checkpoints import check_base_model, read_checkpoint
 from services.student.prompts import action_line_complete, chat_prompt
 from services.student.types import (
@@ -88,18 +95,72 @@ class LocalOptions:
     prefix_cache: bool = True
     #: System-message caches kept (one per system message and adapter), least recently used dropped.
     prefix_cache_entries: int = 16
+    #: Keep the KV cache in buffers with spare columns, written in place each decode step (False:
+    #: transformers' DynamicLayer, which concatenates the whole cache every step; for comparisons).
+    kv_append_in_place: bool = True
 
 
 #: System messages shorter than this are not worth a cache entry.
 _MIN_PREFIX_TOKENS = 16
 
 
+#: Marks a complete candidate inside an action prefix tree.
+_END = -1
+#: The ACTION label at the start of a line, at the very end of a text (what a constrained row waits for).
+_ACTION_LABEL_AT_END = re.compile(r"\n[ \t>#*_`~\-]*action[ \t*_`]*:[ \t]*$", re.IGNORECASE)
+#: Trailing tokens decoded to look for that label.
+_LABEL_WINDOW = 8
+
+
+class _ActionChoice:
+    """A constrained row's action state: the candidates' prefix tree and where the row is in it.
+
+    `tree` maps a token id to its subtree; `_END` in a subtree means a candidate ends there.
+    `forced` holds label tokens the server writes for the row, fed one per step.
+    """
+
+    __slots__ = ("tree", "node", "active", "forced", "free_tokens")
+
+    def __init__(self, tree: dict):
+        self.tree = tree
+        self.node: dict | None = None  # None: still in the free-text reason
+        self.active = False
+        self.forced: deque[int] = deque()
+        self.free_tokens = 0
+
+
+def _prefix_tree(sequences: list[list[int]]) -> dict:
+    tree: dict = {}
+    for ids in sequences:
+        if not ids:
+            continue
+        node = tree
+        for token in ids:
+            node = node.setdefault(token, {})
+        node[_END] = {}
+    return tree
+
+
+def _determined_tail(node: dict) -> list[int] | None:
+    """The tokens that finish the only candidate left under `node`, or None while there is a choice."""
+    tail: list[int] = []
+    while True:
+        children = [t for t in node if t != _END]
+        if _END in node:
+            return tail if not children else None
+        if len(children) != 1:
+            return None
+        tail.append(children[0])
+        node = node[children[0]]
+
+
 class _Row:
     """A request inside the scheduler: its prompt, its sampling state and what it generated so far."""
 
-    __slots__ = ("request", "future", "enqueued", "generator", "tokens", "position", "max_batch", "started")
+    __slots__ = ("request", "future", "enqueued", "generator", "tokens", "position", "max_batch", "started",
+                 "choice")
 
-    def __init__(self, request: GenerationRequest, future: Future):
+    def __init__(self, request: GenerationRequest, future: Future, choice: _ActionChoice | None = None):
         self.request = request
         self.future = future
         self.enqueued = time.monotonic()
@@ -108,6 +169,7 @@ class _Row:
         self.position = 0
         self.max_batch = 0
         self.started = 0.0
+        self.choice = choice
 
 
 class _Batch:
@@ -122,6 +184,7 @@ class _Batch:
 
 class LocalBackend(Backend):
     kind = "local"
+    supports_action_constraint = True
 
     def __init__(self, options: LocalOptions | None = None):
         self.options = options or LocalOptions()
@@ -150,6 +213,8 @@ class LocalBackend(Backend):
             OrderedDict()
         self._prefix_ok = self.options.prefix_cache
         self._system_ids: dict[str, list[int]] = {}  # rendered system message -> its ids (tokenizer thread)
+        self._colon_ids: frozenset[int] = frozenset()  # tokens whose text has a ":" (may end an ACTION label)
+        self._label_ids: dict[bool, list[int]] = {}  # after a newline? -> ids of the ACTION label to write
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -167,6 +232,12 @@ class LocalBackend(Backend):
             self._eos_ids.add(gen_eos)
         elif isinstance(gen_eos, (list, tuple)):
             self._eos_ids.update(int(e) for e in gen_eos)
+        vocab = self.tokenizer.get_vocab()
+        self._colon_ids = frozenset(i for token, i in vocab.items() if ":" in token)
+        self._label_ids = {
+            True: list(self.tokenizer("ACTION:", add_special_tokens=False)["input_ids"]),
+            False: list(self.tokenizer("\nACTION:", add_special_tokens=False)["input_ids"]),
+        }
         self._linear_shapes = {
             name: (module.in_features, module.out_features)
             for name, module in self.model.named_modules()
@@ -250,19 +321,31 @@ class LocalBackend(Backend):
     def submit(self, requests: list[GenerationRequest]) -> list[Future[Generation]]:
         if not self.ready:
             raise Unavailable("the model is still loading; retry when the health check reports SERVING")
+        for request in requests:
+            if request.prompt.ids is None:
+                raise ValueError("the local backend needs token ids")
+        choices = [self._action_choice(request) for request in requests]
         futures: list[Future[Generation]] = []
         with self._cond:
             if self._stop.is_set():
                 raise Unavailable("the student server is shutting down")
-            for request in requests:
-                if request.prompt.ids is None:
-                    raise ValueError("the local backend needs token ids")
+            for request, choice in zip(requests, choices):
                 future: Future[Generation] = Future()
-                self._pending.append(_Row(request, future))
+                self._pending.append(_Row(request, future, choice))
                 futures.append(future)
             metrics.QUEUE_DEPTH.set(len(self._pending))
             self._cond.notify_all()
         return futures
+
+    def _action_choice(self, request: GenerationRequest) -> _ActionChoice | None:
+        """The prefix tree of a constrained row's candidates (as tokenized after "ACTION:")."""
+        if not request.sampling.constrain_action or not request.candidates:
+            return None
+        with self._tokenizer_lock:
+            encoded = self.tokenizer([" " + " ".join(c.split()) for c in request.candidates],
+                                     add_special_tokens=False)["input_ids"]
+        tree = _prefix_tree([list(ids) for ids in encoded])
+        return _ActionChoice(tree) if tree else None
 
     def _loop(self) -> None:
         """The scheduler: sample, retire finished rows, run control commands, decode, admit newcomers."""
@@ -373,8 +456,6 @@ class LocalBackend(Backend):
         self._adapter_mode = mode
 
     def _prefill(self, rows: list[_Row]) -> _Batch:
-        from transformers import DynamicCache
-
         for row in rows:
             row.generator = self._generator_for(row)
         prefixes = [self._prefix_for(row) for row in rows]
@@ -393,13 +474,13 @@ class LocalBackend(Backend):
             mask[i, prefix_width + width - m:] = 1
             positions[i, width - m:] = torch.arange(n, length, dtype=torch.long)
             row.position = length
-        cache = DynamicCache(config=self.model.config)
+        cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place)
         if prefix_width:
             self._seed_cache(cache, prefixes, shared, prefix_width)
             metrics.PREFIX_CACHED_TOKENS.inc(sum(shared))
         out = self._forward(rows, input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
                             position_ids=positions.to(self.device), past_key_values=cache)
-        self._can_join = self._can_join and all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers)
+        self._can_join = self._can_join and all(is_full_attention(layer) for layer in cache.layers)
         return _Batch(rows, cache, mask.to(self.device), out.logits[:, -1, :].float())
 
     def _seed_cache(self, cache, prefixes: list, shared: list[int], width: int) -> None:
@@ -429,14 +510,12 @@ class LocalBackend(Backend):
         if cached is not None:
             self._prefix_kv.move_to_end(key)
             return cached
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+        cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place)
         self._forward([row], input_ids=torch.tensor([ids[:n]], dtype=torch.long, device=self.device),
                       attention_mask=torch.ones((1, n), dtype=torch.long, device=self.device),
                       position_ids=torch.arange(n, dtype=torch.long, device=self.device)[None],
                       past_key_values=cache)
-        if not all(type(layer).__name__ == "DynamicLayer" for layer in cache.layers):
+        if not all(is_full_attention(layer) for layer in cache.layers):
             self._prefix_ok = False  # sliding-window or other special layers: prefill whole prompts
             return None
         entry = [(layer.keys, layer.values) for layer in cache.layers]
@@ -473,17 +552,12 @@ class LocalBackend(Backend):
         """Concatenate two batches: left-pad the shorter cache (and mask) to the longer length."""
         width = max(running.mask.shape[1], joined.mask.shape[1])
 
-        def widen(t: torch.Tensor, dim_from_end: int) -> torch.Tensor:
-            missing = width - t.shape[-dim_from_end]
-            if missing == 0:
-                return t
-            pad = [0, 0] * (dim_from_end - 1) + [missing, 0]
-            return torch.nn.functional.pad(t, pad)
+        def widen(mask: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
 
         for layer_a, layer_b in zip(running.cache.layers, joined.cache.layers):
-            layer_a.keys = torch.cat([widen(layer_a.keys, 2), widen(layer_b.keys, 2)], dim=0)
-            layer_a.values = torch.cat([widen(layer_a.values, 2), widen(layer_b.values, 2)], dim=0)
-        running.mask = torch.cat([widen(running.mask, 1), widen(joined.mask, 1)], dim=0)
+            merge_into(layer_a, layer_b, width)
+        running.mask = torch.cat([widen(running.mask), widen(joined.mask)], dim=0)
         running.logits = torch.cat([running.logits, joined.logits], dim=0)
         running.rows = running.rows + joined.rows
         return running
@@ -495,8 +569,11 @@ class LocalBackend(Backend):
         chosen = self._select_tokens(batch)
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(batch.rows, chosen)):
-            row.tokens.append(token)
-            reason = self._finish_reason(row, token)
+            if row.choice is not None:
+                reason = self._constrained_step(row, token)
+            else:
+                row.tokens.append(token)
+                reason = self._finish_reason(row, token)
             if reason is None:
                 keep.append(i)
                 continue
@@ -522,14 +599,82 @@ class LocalBackend(Backend):
             return
         batch.mask = batch.mask[:, first:]
         for layer in batch.cache.layers:
-            layer.keys = layer.keys[:, :, first:, :]
-            layer.values = layer.values[:, :, first:, :]
+            if isinstance(layer, AppendLayer):
+                layer.drop_leading(first)
+            else:
+                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+
+    def _constrained_step(self, row: _Row, token: int) -> str | None:
+        """Advance a constrained row by the sampled `token`; the finish reason once it is done."""
+        choice = row.choice
+        if row.request.cancelled.is_set():
+            return "cancelled"
+        if choice.forced:  # the server is writing the ACTION label: the sampled token is ignored
+            row.tokens.append(choice.forced.popleft())
+            if not choice.forced:
+                choice.node = choice.tree
+                return self._finish_if_determined(row)
+            return None
+        if choice.node is not None:  # inside the action: `token` was restricted to the tree
+            if token == _END:
+                return "action_choice"
+            row.tokens.append(token)
+            choice.node = choice.node[token]
+            tail = _determined_tail(choice.node)
+            if tail is not None:
+                row.tokens.extend(tail)
+                return "action_choice"
+            return None
+        # Free reason text.
+        if token not in self._eos_ids:
+            row.tokens.append(token)
+            choice.free_tokens += 1
+            if token in self._colon_ids:
+                with self._tokenizer_lock:
+                    tail_text = self.tokenizer.decode(row.tokens[-_LABEL_WINDOW:], skip_special_tokens=True)
+                if len(row.tokens) <= _LABEL_WINDOW:
+                    tail_text = "\n" + tail_text  # the window reaches the start of the answer
+                if _ACTION_LABEL_AT_END.search(tail_text):
+                    choice.node = choice.tree
+                    return self._finish_if_determined(row)
+            sampling = row.request.sampling
+            if choice.free_tokens < (sampling.max_reason_tokens or sampling.max_new_tokens):
+                return None
+            # The reason budget is spent without a label: the server writes "ACTION:" from the next
+            # step on (this step's token still has to go through the model).
+            choice.forced.extend(self._label_ids[self._ends_line(row)])
+            return None
+        # eos before any label: the label replaces it.
+        choice.forced.extend(self._label_ids[self._ends_line(row)])
+        row.tokens.append(choice.forced.popleft())
+        if not choice.forced:
+            choice.node = choice.tree
+            return self._finish_if_determined(row)
+        return None
+
+    def _ends_line(self, row: _Row) -> bool:
+        if not row.tokens:
+            return True
+        with self._tokenizer_lock:
+            return self.tokenizer.decode(row.tokens[-1:]).endswith("\n")
+
+    @staticmethod
+    def _finish_if_determined(row: _Row) -> str | None:
+        tail = _determined_tail(row.choice.node)
+        if tail is None:
+            return None
+        row.tokens.extend(tail)  # a single candidate: nothing left to choose
+        return "action_choice"
 
     def _select_tokens(self, batch: _Batch) -> list[int]:
         logits = batch.logits
         chosen = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(batch.rows):
             sampling = row.request.sampling
+            choice = row.choice
+            if choice is not None and choice.node is not None and not choice.forced:
+                chosen[i] = self._choose_in_tree(logits[i], choice.node, row)
+                continue
             if sampling.greedy:
                 continue
             scores = logits[i] / max(sampling.temperature, 1e-5)
@@ -542,6 +687,20 @@ class LocalBackend(Backend):
                 probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
             chosen[i] = int(torch.multinomial(probs, 1, generator=row.generator).item())
         return chosen
+
+    def _choose_in_tree(self, logits: torch.Tensor, node: dict, row: _Row) -> int:
+        """The next action token among `node`'s children (`_END` when eos wins and a candidate ends here)."""
+        options = [t for t in node if t != _END]
+        eos = next(iter(self._eos_ids), None) if _END in node else None
+        ids = options + ([eos] if eos is not None else [])
+        scores = logits[torch.tensor(ids, dtype=torch.long, device=logits.device)]
+        sampling = row.request.sampling
+        if sampling.greedy:
+            pick = int(scores.argmax())
+        else:
+            probs = torch.softmax(scores / max(sampling.temperature, 1e-5), dim=-1)
+            pick = int(torch.multinomial(probs, 1, generator=row.generator).item())
+        return _END if pick >= len(options) else options[pick]
 
     def _finish_reason(self, row: _Row, token: int) -> str | None:
         if row.request.cancelled.is_set():
@@ -610,8 +769,10 @@ class LocalBackend(Backend):
             state = load_safetensors(files.weights_bytes)
         except Exception as exc:  # noqa: BLE001
             raise FailedPrecondition(f"{files.directory}/adapter_model.safetensors cannot be read: {exc}") from exc
-        lora_dtype = torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
-        state = {k: (v.to(self.device, lora_dtype) if v.is_floating_point() else v.to(self.device))
+        # LoRA weights run in the model's dtype: kept in fp32 beside a bf16 model, every LoRA layer would
+        # cast its input to fp32 and multiply without the bf16 units (measured on a 2-core CPU with AMX:
+        # the LoRA path then cost as much as the base layers).
+        state = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
                  for k, v in state.items()}
         return PreparedAdapter(spec, files.digest, payload=(config, state, files))
 
@@ -651,11 +812,11 @@ class LocalBackend(Backend):
             if self.peft is None:
                 with warnings.catch_warnings():  # transformers deprecation noise triggered inside peft
                     warnings.simplefilter("ignore", FutureWarning)
-                    self.peft = PeftModel(self.model, config, adapter_name=handle)
+                    self.peft = PeftModel(self.model, config, adapter_name=handle, autocast_adapter_dtype=False)
                 created = True
                 self._adapter_mode = handle
             else:
-                self.peft.add_adapter(handle, config)
+                self.peft.add_adapter(handle, config, autocast_adapter_dtype=False)
             result = set_peft_model_state_dict(self.peft, state, adapter_name=handle)
             unexpected = [k for k in result.unexpected_keys]
             missing = [k for k in result.missing_keys if f".{handle}." in k or k.endswith(f".{handle}")]
@@ -712,6 +873,7 @@ class LocalBackend(Backend):
             supports_hot_swap=True,
             supports_per_request_adapter=True,
             max_batch_size=self.options.max_batch_size,
+            supports_action_constraint=True,
         )
 
     @property
