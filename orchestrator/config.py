@@ -39,6 +39,11 @@ class StudentConfig:
     device: str = "cpu"
     dtype: str = "auto"               # auto: bf16 on GPUs and on CPUs with AMX, else fp32
     max_new_tokens: int = 48
+    #: Choose each action among the environment's candidates (guided decoding in the student server;
+    #: needs a backend that supports it, i.e. the local one). The reason stays free text.
+    constrain_action: bool = False
+    #: With constrain_action: reason tokens before the server writes the ACTION label (0: max_new_tokens).
+    max_reason_tokens: int = 0
     rollout_temperature: float = 0.3
     eval_temperature: float = 0.0
     history_window: int = 4

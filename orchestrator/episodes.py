@@ -61,6 +61,8 @@ class EpisodeSettings:
     history_window: int
     seed: int
     adapter_version: str = ""
+    constrain_action: bool = False
+    max_reason_tokens: int = 0
 
 
 def trim_history(history: list[tuple[str, str]], window: int) -> list[tuple[str, str]]:
@@ -88,7 +90,9 @@ def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSet
                 observation=obs.text, candidates=list(obs.candidates),
                 sampling=student_pb2.SamplingParams(temperature=settings.temperature,
                                                     max_new_tokens=settings.max_new_tokens,
-                                                    seed=derive_seed(settings.seed, task_id, t)),
+                                                    seed=derive_seed(settings.seed, task_id, t),
+                                                    constrain_action=settings.constrain_action,
+                                                    max_reason_tokens=settings.max_reason_tokens),
                 adapter_version=settings.adapter_version,
             )
             if act_hook is not None:

@@ -144,6 +144,7 @@ class LeapRun:
 
     # ---------------------------------------------------------------- driver
     def run(self) -> dict:
+        self._check_student_capabilities()
         if not (self.run_dir / "manifest.json").exists():
             self.write_manifest()
         self._restore_adapter()
@@ -154,6 +155,17 @@ class LeapRun:
             outputs = self._dispatch(name)
             self.state.finish(name, outputs)
         return self.results()
+
+    def _check_student_capabilities(self) -> None:
+        """Fail before any phase when the config asks the student server for what it cannot do."""
+        if not self.config.student.constrain_action:
+            return
+        model = self.stubs.student.GetModelInfo(student_pb2.GetModelInfoRequest(), timeout=30)
+        if not model.supports_action_constraint:
+            raise ConfigMismatch(
+                f"student.constrain_action is set, but the student server at {self.stubs.addresses.get('student')} "
+                f"({model.backend} backend) cannot restrict actions to the candidates; set "
+                "student.constrain_action: false, or serve the student with the local backend")
 
     def _dispatch(self, name: str) -> dict:
         if name == "baseline.eval":
@@ -179,7 +191,8 @@ class LeapRun:
         s = self.config.student
         return EpisodeSettings(env=self.env, horizon=self.config.environment.horizon, temperature=temperature,
                                max_new_tokens=s.max_new_tokens, history_window=s.history_window, seed=seed,
-                               adapter_version=version)
+                               adapter_version=version, constrain_action=s.constrain_action,
+                               max_reason_tokens=s.max_reason_tokens)
 
     def _play(self, title: str, tasks: list[common_pb2.TaskRef], settings: EpisodeSettings) -> tuple[list, list]:
         wins = 0
