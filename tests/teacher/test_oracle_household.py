@@ -129,3 +129,8 @@ def test_reasons_explain_with_rationales_and_summaries_list_mistakes(corrections
     assert any("usually kept" in r for r in reasons)  # the prior searcher's common-sense rationale
     assert any("had no effect" in r for r in reasons)  # the student's invalid action, called out
     assert all("Hidden state" not in c.summary for c in corrections[50])
+    # A reason says why; the ACTION line says what. With an expert rationale the reason does not
+    # end by restating the action (a student would pay for those words at every step).
+    with_rationale = [s for c in corrections[50] for s in c.steps if "usually kept" in s.reason]
+    assert with_rationale and not any(s.reason.rstrip().endswith(f"{s.action}.") or "I should" in s.reason
+                                      for s in with_rationale)
