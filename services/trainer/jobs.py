@@ -49,7 +49,8 @@ class HyperParameters:
 
     lora_r: int = 0
     lora_alpha: int = 0
-    lora_dropout: float = 0.0
+    #: None: the default (0.05); 0 is an explicit "no dropout".
+    lora_dropout: float | None = None
     target_modules: list[str] = field(default_factory=list)
     learning_rate: float = 0.0
     epochs: float = 0.0
@@ -82,7 +83,10 @@ class HyperParameters:
         values = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in self.DEFAULTS and not value:
+            if f.name == "lora_dropout":
+                if value is None:
+                    value = self.DEFAULTS["lora_dropout"]
+            elif f.name in self.DEFAULTS and not value:
                 value = list(self.DEFAULTS[f.name]) if f.name == "target_modules" else self.DEFAULTS[f.name]
             values[f.name] = value
         if not values["learning_rate"]:

@@ -47,7 +47,7 @@ def request_from_proto(msg: trainer_pb2.StartJobRequest) -> JobRequest:
         output_name=msg.output_name,
         run_dir=msg.run_dir,
         hyper_parameters=HyperParameters(
-            lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=_f32(hp.lora_dropout),
+            lora_r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=_f32(hp.lora_dropout) if hp.HasField("lora_dropout") else None,
             target_modules=list(hp.target_modules), learning_rate=_f32(hp.learning_rate), epochs=_f32(hp.epochs),
             batch_size=hp.batch_size, gradient_accumulation=hp.gradient_accumulation, max_length=hp.max_length,
             beta=_f32(hp.beta), seed=hp.seed, max_steps=hp.max_steps, lr_scheduler=hp.lr_scheduler,

@@ -90,6 +90,18 @@ def test_parquet_rows_are_checked_with_row_numbers(tmp_path):
         read_dataset(bad, "sft")
 
 
+def test_an_explicit_zero_dropout_is_kept_and_an_unset_one_is_the_default():
+    from leap.v1 import trainer_pb2
+    from services.trainer.server import request_from_proto
+
+    assert HyperParameters(lora_dropout=0.0).resolve("sft").lora_dropout == 0.0
+    assert HyperParameters().resolve("sft").lora_dropout == 0.05
+    unset = request_from_proto(trainer_pb2.StartJobRequest(hyper_parameters=trainer_pb2.HyperParameters(lora_r=8)))
+    zero = request_from_proto(trainer_pb2.StartJobRequest(hyper_parameters=trainer_pb2.HyperParameters(lora_dropout=0)))
+    assert unset.hyper_parameters.lora_dropout is None and zero.hyper_parameters.lora_dropout == 0.0
+    assert HyperParameters.from_dict(zero.hyper_parameters.to_dict()).resolve("sft").lora_dropout == 0.0
+
+
 def test_hyper_parameter_defaults_follow_leap():
     sft = HyperParameters().resolve("sft")
     assert (sft.lora_r, sft.lora_alpha, sft.lora_dropout) == (128, 64, 0.05)
