@@ -117,6 +117,25 @@ def test_tgi_refuses_constrained_actions_with_a_clear_message(tgi):
     assert "constrain_action" in err.value.details() and "'tgi'" in err.value.details()
 
 
+def test_a_run_asking_for_guided_actions_stops_before_any_phase_on_a_remote_student(tgi, tmp_path):
+    from orchestrator.config import load_config
+    from orchestrator.episodes import ServiceStubs
+    from orchestrator.loop import ConfigMismatch, LeapRun
+    from orchestrator.progress import ProgressReporter
+
+    config = load_config(preset="default")
+    assert config.student.constrain_action
+    # Nothing listens on port 9: the run must stop before it talks to the other services.
+    stubs = ServiceStubs({"student": tgi.address, "environment": "127.0.0.1:9", "teacher": "127.0.0.1:9"})
+    try:
+        run = LeapRun(config, tmp_path, stubs, ProgressReporter(enabled=False))
+        with pytest.raises(ConfigMismatch, match="constrain_action"):
+            run.run()
+    finally:
+        stubs.close()
+    assert not (tmp_path / "manifest.json").exists()  # nothing started
+
+
 def test_tgi_retries_429_and_5xx_but_not_4xx(tgi):
     item = act_item(**STATES[0], max_new_tokens=2)
     seen = len(tgi.server.requests)
