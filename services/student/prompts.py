@@ -338,13 +338,26 @@ def parse_for_env(env: str, text: str, candidates: Sequence[str]) -> ParsedOutpu
     return parse_output(text, candidates, free_form=spec_for(env).free_form)
 
 
+# The ACTION label as a line starts with it (markdown tolerated), up to its colon.
+_ACTION_LABEL = r"[ \t>#*_`~\-]*action\b[ \t*_`]*:"
 # A completed ACTION line: the label at a line start, a value, then a newline (possibly with the
 # value on the next line). Used to stop decoding as soon as the action has been written.
 _ACTION_LINE_DONE = re.compile(
-    r"(?im)^[ \t>#*_`~\-]*action\b[ \t*_`]*:[ \t*_`]*(?:[^\s][^\n]*\n|\n[ \t]*[^\s][^\n]*\n)"
+    r"(?im)^" + _ACTION_LABEL + r"[ \t*_`]*(?:[^\s][^\n]*\n|\n[ \t]*[^\s][^\n]*\n)"
 )
+# The label alone, ending the text, after a newline.
+_ACTION_LABEL_AT_END = re.compile(r"(?i)\n" + _ACTION_LABEL + r"[ \t]*$")
 
 
 def action_line_complete(text: str) -> bool:
     """True once `text` holds a full ACTION line (label, value and the newline that ends it)."""
     return _ACTION_LINE_DONE.search(text) is not None
+
+
+def ends_with_action_label(text: str) -> bool:
+    """True when `text` ends with an ACTION label that starts a line (the value comes next).
+
+    `text` must begin at a line start (or with the newline before one): the caller decides whether
+    its first line is really a line start.
+    """
+    return _ACTION_LABEL_AT_END.search(text) is not None

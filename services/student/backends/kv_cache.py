@@ -80,8 +80,19 @@ class AppendLayer(DynamicLayer):
             self._start += columns
             self._publish()
         else:
-            self.keys = self.keys[:, :, columns:]
-            self.values = self.values[:, :, columns:]
+            _slice_leading(self, columns)
+
+
+def _slice_leading(layer: DynamicLayer, columns: int) -> None:
+    layer.keys, layer.values = layer.keys[:, :, columns:], layer.values[:, :, columns:]
+
+
+def drop_leading(layer: DynamicLayer, columns: int) -> None:
+    """Forget a layer's first `columns` sequence positions: a view move for AppendLayer, else a slice."""
+    if isinstance(layer, AppendLayer):
+        layer.drop_leading(columns)
+    else:
+        _slice_leading(layer, columns)
 
 
 def merge_into(running: DynamicLayer, joined: DynamicLayer, width: int) -> None:

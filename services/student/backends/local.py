@@ -39,7 +39,6 @@ AMX (native bf16 matmuls, 3-4x faster prefill there), fp32 on other CPUs.
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import threading
 import time
@@ -56,9 +55,9 @@ from services.models import is_default_alias, load_model_and_tokenizer, resolve_
 from services.runtime.errors import FailedPrecondition, Unavailable
 from services.student import metrics
 from services.student.backends.base import Backend, PreparedAdapter
-from services.student.backends.kv_cache import AppendLayer, is_full_attention, merge_into, new_decode_cache
+from services.student.backends.kv_cache import drop_leading, is_full_attention, merge_into, new_decode_cache
 from services.student.checkpoints import check_base_model, read_checkpoint
-from services.student.prompts import action_line_complete, chat_prompt
+from services.student.prompts import action_line_complete, chat_prompt, ends_with_action_label
 from services.student.types import (
     CheckpointSpec,
     EncodedPrompt,
@@ -106,9 +105,7 @@ _MIN_PREFIX_TOKENS = 16
 
 #: Marks a complete candidate inside an action prefix tree.
 _END = -1
-#: The ACTION label at the start of a line, at the very end of a text (what a constrained row waits for).
-_ACTION_LABEL_AT_END = re.compile(r"\n[ \t>#*_`~\-]*action[ \t*_`]*:[ \t]*$", re.IGNORECASE)
-#: Trailing tokens decoded to look for that label.
+#: Trailing tokens decoded to look for the ACTION label a constrained row waits for.
 _LABEL_WINDOW = 8
 
 
@@ -119,12 +116,11 @@ class _ActionChoice:
     `forced` holds label tokens the server writes for the row, fed one per step.
     """
 
-    __slots__ = ("tree", "node", "active", "forced", "free_tokens")
+    __slots__ = ("tree", "node", "forced", "free_tokens")
 
     def __init__(self, tree: dict):
         self.tree = tree
         self.node: dict | None = None  # None: still in the free-text reason
-        self.active = False
         self.forced: deque[int] = deque()
         self.free_tokens = 0
 
@@ -599,10 +595,7 @@ class LocalBackend(Backend):
             return
         batch.mask = batch.mask[:, first:]
         for layer in batch.cache.layers:
-            if isinstance(layer, AppendLayer):
-                layer.drop_leading(first)
-            else:
-                layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+            drop_leading(layer, first)
 
     def _constrained_step(self, row: _Row, token: int) -> str | None:
         """Advance a constrained row by the sampled `token`; the finish reason once it is done."""
@@ -610,11 +603,7 @@ class LocalBackend(Backend):
         if row.request.cancelled.is_set():
             return "cancelled"
         if choice.forced:  # the server is writing the ACTION label: the sampled token is ignored
-            row.tokens.append(choice.forced.popleft())
-            if not choice.forced:
-                choice.node = choice.tree
-                return self._finish_if_determined(row)
-            return None
+            return self._write_label_token(row)
         if choice.node is not None:  # inside the action: `token` was restricted to the tree
             if token == _END:
                 return "action_choice"
@@ -634,7 +623,7 @@ class LocalBackend(Backend):
                     tail_text = self.tokenizer.decode(row.tokens[-_LABEL_WINDOW:], skip_special_tokens=True)
                 if len(row.tokens) <= _LABEL_WINDOW:
                     tail_text = "\n" + tail_text  # the window reaches the start of the answer
-                if _ACTION_LABEL_AT_END.search(tail_text):
+                if ends_with_action_label(tail_text):
                     choice.node = choice.tree
                     return self._finish_if_determined(row)
             sampling = row.request.sampling
@@ -646,11 +635,16 @@ class LocalBackend(Backend):
             return None
         # eos before any label: the label replaces it.
         choice.forced.extend(self._label_ids[self._ends_line(row)])
+        return self._write_label_token(row)
+
+    def _write_label_token(self, row: _Row) -> str | None:
+        """Append the next token of the label the server writes; enter the tree after the last one."""
+        choice = row.choice
         row.tokens.append(choice.forced.popleft())
-        if not choice.forced:
-            choice.node = choice.tree
-            return self._finish_if_determined(row)
-        return None
+        if choice.forced:
+            return None
+        choice.node = choice.tree
+        return self._finish_if_determined(row)
 
     def _ends_line(self, row: _Row) -> bool:
         if not row.tokens:
@@ -873,7 +867,7 @@ class LocalBackend(Backend):
             supports_hot_swap=True,
             supports_per_request_adapter=True,
             max_batch_size=self.options.max_batch_size,
-            supports_action_constraint=True,
+            supports_action_constraint=self.supports_action_constraint,
         )
 
     @property
