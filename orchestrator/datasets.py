@@ -23,7 +23,6 @@ def _prompt(env: str, trajectory: common_pb2.Trajectory, t: int, window: int) ->
 
     steps = trajectory.steps
     history = [(s.observation, s.action) for s in steps[:t]]
-    history = history[-window:] if window > 0 else []
     return render_messages(env, trajectory.goal, history, steps[t].observation, list(steps[t].candidates),
                            history_window=window)
 

@@ -19,6 +19,7 @@ import grpc
 from leap.v1 import common_pb2, environment_pb2, environment_pb2_grpc, student_pb2, student_pb2_grpc
 from leap.v1 import teacher_pb2, teacher_pb2_grpc, trainer_pb2_grpc
 from services.runtime.channels import make_channel
+from services.student.prompts import history_to_send
 
 log = logging.getLogger("leap.orchestrator")
 
@@ -65,10 +66,6 @@ class EpisodeSettings:
     max_reason_tokens: int = 0
 
 
-def trim_history(history: list[tuple[str, str]], window: int) -> list[tuple[str, str]]:
-    return history[-window:] if window > 0 else []
-
-
 def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSettings,
                          act_hook: Callable[[student_pb2.ActItem], None] | None = None) -> common_pb2.Trajectory:
     """One episode of the student on a task; returns the whole trajectory."""
@@ -86,7 +83,7 @@ def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSet
             item = student_pb2.ActItem(
                 request_id=f"{task_id}/{t}", env=settings.env, goal=reset.task.goal,
                 history=[student_pb2.HistoryEntry(observation=o, action=a)
-                         for o, a in trim_history(history, settings.history_window)],
+                         for o, a in history_to_send(settings.env, history, settings.history_window)],
                 observation=obs.text, candidates=list(obs.candidates),
                 sampling=student_pb2.SamplingParams(temperature=settings.temperature,
                                                     max_new_tokens=settings.max_new_tokens,

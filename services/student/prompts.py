@@ -24,6 +24,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import jinja2
 
+from services.student.memory import household_memory, is_move_candidate
+
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 #: Past turns shown in the prompt when the caller does not say otherwise. Keep training and serving on
@@ -42,11 +44,16 @@ class EnvPromptSpec:
     #: Regular expressions (full match, case-insensitive) for actions that are valid without being
     #: among the candidates. Empty: only candidates are valid (or, with no candidates, any action).
     free_form: tuple[str, ...] = ()
+    #: Household notes (services.student.memory): what the agent holds, the places it has searched
+    #: and what it saw there, the places left, all folded from its own observations over the whole
+    #: history; the "go to <place>" candidates are then named through the notes, not listed.
+    notes: bool = False
 
 
 _HOUSEHOLD = EnvPromptSpec(
     template="household.j2",
     role="You are a household robot in a text-based home.",
+    notes=True,
 )
 
 ENV_SPECS: dict[str, EnvPromptSpec] = {
@@ -138,8 +145,9 @@ def render_messages(
 
     `history` holds the agent's past (observation, action) pairs, oldest first, as tuples, mappings
     or HistoryEntry messages; only the last `history_window` are shown (0 shows none; a negative
-    window shows all). Past reasons are never shown. The prompt depends only on the turns shown, so a
-    caller that trims the history to the window itself gets the same bytes.
+    window shows all). Past reasons are never shown. Environments with notes (household) fold the
+    notes from every observation in `history`, so callers pass the whole episode so far; for the
+    others the prompt depends only on the turns shown.
     """
     spec = spec_for(env)
     turns = [_turn(entry) for entry in history]
@@ -150,13 +158,32 @@ def render_messages(
     template = _jinja().get_template(spec.template)
     module = template.make_module()
     system = module.system(spec.role, spec.action_format) if spec.action_format else module.system(spec.role)
+    candidates = [_clean(c) for c in candidates]
+    notes: list[str] = []
+    if spec.notes:
+        memory = household_memory([_clean(t.observation) for t in turns] + [_clean(observation)], candidates)
+        notes = memory.lines()
+        candidates = [c for c in candidates if not is_move_candidate(c)]
     user = module.user(
         _GOAL_PREFIX.sub("", _clean(goal)),
         [HistoryTurn(_clean(t.observation), _clean(t.action)) for t in shown],
         _clean(observation),
-        [_clean(c) for c in candidates],
+        candidates,
+        notes,
     )
     return [{"role": "system", "content": str(system).strip()}, {"role": "user", "content": str(user).strip()}]
+
+
+def history_to_send(env: str, history: Sequence[Any], history_window: int) -> list[Any]:
+    """The part of an episode's history a client must send for `render_messages` to see all it uses.
+
+    The last `history_window` turns (0: none, negative: all), or the whole history for environments
+    whose prompt keeps notes folded from every past observation.
+    """
+    turns = list(history)
+    if spec_for(env).notes or history_window < 0:
+        return turns
+    return turns[max(0, len(turns) - history_window):] if history_window else []
 
 
 def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:

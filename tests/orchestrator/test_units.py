@@ -8,7 +8,8 @@ import pytest
 
 from orchestrator import datasets as ds
 from orchestrator.config import load_config, preset_names
-from orchestrator.episodes import derive_seed, summarize, trim_history
+from orchestrator.episodes import derive_seed, summarize
+from services.student.prompts import history_to_send
 from orchestrator.loop import LeapRun, phase_names
 from orchestrator.state import RunState
 from leap.v1 import common_pb2
@@ -97,10 +98,13 @@ def test_seeds_are_stable_and_distinct():
     assert 0 <= derive_seed("x") < 2 ** 63
 
 
-def test_history_window():
+def test_history_sent_to_the_student():
     h = [("o1", "a1"), ("o2", "a2"), ("o3", "a3")]
-    assert trim_history(h, 2) == h[1:]
-    assert trim_history(h, 0) == []
+    assert history_to_send("bash", h, 2) == h[1:]
+    assert history_to_send("bash", h, 0) == []
+    assert history_to_send("bash", h, -1) == h
+    # The household prompt folds its notes from every past observation: the whole episode goes.
+    assert history_to_send("household", h, 1) == h
 
 
 def _traj(won: bool, steps: int, task_type="pick_and_place_simple", valid=True):

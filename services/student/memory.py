@@ -1,0 +1,148 @@
+"""The student's notes on a household episode, derived from its own observations only.
+
+A small model with a short history window cannot remember which places it has already searched,
+where it saw the object it needs, or what it is carrying: those facts scroll out of the prompt.
+The household prompt therefore carries three lines the agent could have written down itself:
+
+    Holding: plate 1 (hot)
+    Searched: shelf 1, countertop 1 (apple 1, plate 2)
+    Not searched yet: cabinet 1, drawer 1, fridge 1
+
+They are folded from the observations the agent received, in order (ALFWorld's phrasing, which the
+embedded household world speaks too), plus the places named by its candidate actions. Nothing else
+goes in: there is no input through which hidden state could enter. A place counts as searched once
+its contents were listed to the agent (arriving at an open or open-topped place, opening it, or
+examining it); a closed place it only walked up to is not searched. Places are listed in the order
+the first observation names them (the room order), then in the order they were first mentioned.
+
+Torch-free and dependency-free: used by the student service and by the orchestrator's datasets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+_LIST_SPLIT = re.compile(r",\s*(?:and\s+)?|\s+and\s+")
+_ARTICLE = re.compile(r"^(?:a|an|the|some)\s+", re.IGNORECASE)
+
+_ROOM = re.compile(r"you are in the middle of a room\. looking quickly around you, you see (?P<list>[^.\n]*)",
+                   re.IGNORECASE)
+# "On the countertop 1, you see a apple 1." / "The fridge 1 is open. In it, you see nothing."
+_ON = re.compile(r"on the (?P<place>[^,.\n]+?), you see (?P<list>[^.\n]*)", re.IGNORECASE)
+_IN = re.compile(r"the (?P<place>[^,.\n]+?) is open\. in it, you see (?P<list>[^.\n]*)", re.IGNORECASE)
+# "You arrive at fridge 1." (older ALFWorld: "You arrive at loc 5.", which names no place).
+_ARRIVE = re.compile(r"you arrive at (?!loc \d)(?:the )?(?P<place>[^.,\n]+?)\.", re.IGNORECASE)
+_PICK = re.compile(r"you pick up the (?P<obj>[^.\n]+?) from the (?P<place>[^.\n]+?)\.", re.IGNORECASE)
+_MOVE = re.compile(r"you (?:move|put) the (?P<obj>[^.\n]+?) (?:to|in|on|in/on) the (?P<place>[^.\n]+?)\.",
+                   re.IGNORECASE)
+_PROCESS = re.compile(r"you (?P<verb>heat|cool|clean) the (?P<obj>[^.\n]+?) using the [^.\n]+?\.", re.IGNORECASE)
+_TURN = re.compile(r"you turn (?P<word>on|off) the (?P<obj>[^.\n]+?)\.", re.IGNORECASE)
+_CARRYING = re.compile(r"you are carrying: (?P<obj>[^.\n]+?)\.", re.IGNORECASE)
+_NOT_CARRYING = re.compile(r"you are not carrying anything", re.IGNORECASE)
+_GO = re.compile(r"^go to (?P<place>.+)$", re.IGNORECASE)
+
+#: The state words a processed object carries (heating undoes cooling and the other way round).
+_STATE_WORD = {"heat": "hot", "cool": "cool", "clean": "clean"}
+_UNDOES = {"hot": "cool", "cool": "hot"}
+
+
+def _names(listing: str) -> list[str]:
+    """ALFWorld's enumerations ("a apple 1, and a egg 2", "nothing") as plain names."""
+    text = listing.strip().rstrip(".").strip()
+    if not text or text.lower() == "nothing":
+        return []
+    names = (_ARTICLE.sub("", part.strip()).strip() for part in _LIST_SPLIT.split(text))
+    return [name for name in names if name]
+
+
+@dataclass
+class HouseholdMemory:
+    """What the agent has seen so far; `observe` folds in one observation.
+
+    Searched places are listed with what is there in parentheses, or bare when they were empty.
+    """
+
+    #: Places in room order (first observation), then in the order they were first mentioned.
+    places: list[str] = field(default_factory=list)
+    #: Contents as last listed to the agent, kept up to date by its own take / move actions.
+    contents: dict[str, list[str]] = field(default_factory=dict)
+    holding: str = ""
+    #: Object -> state words it was seen to acquire ("hot", "clean", "on").
+    states: dict[str, list[str]] = field(default_factory=dict)
+
+    def _place(self, name: str) -> str:
+        name = " ".join(name.split())
+        if name and name not in self.places:
+            self.places.append(name)
+        return name
+
+    def observe(self, text: str) -> None:
+        for match in _ROOM.finditer(text):
+            for name in _names(match.group("list")):
+                self._place(name)
+        for match in _ARRIVE.finditer(text):
+            self._place(match.group("place"))
+        for pattern in (_ON, _IN):
+            for match in pattern.finditer(text):
+                self.contents[self._place(match.group("place"))] = _names(match.group("list"))
+        for match in _PICK.finditer(text):
+            obj, place = match.group("obj").strip(), self._place(match.group("place"))
+            if obj in self.contents.get(place, []):
+                self.contents[place].remove(obj)
+            self.holding = obj
+        for match in _MOVE.finditer(text):
+            obj, place = match.group("obj").strip(), self._place(match.group("place"))
+            if place in self.contents and obj not in self.contents[place]:
+                self.contents[place].append(obj)
+            if self.holding == obj:
+                self.holding = ""
+        for match in _PROCESS.finditer(text):
+            word = _STATE_WORD[match.group("verb").lower()]
+            self._set_state(match.group("obj").strip(), word, _UNDOES.get(word, ""))
+        for match in _TURN.finditer(text):
+            on = match.group("word").lower() == "on"
+            self._set_state(match.group("obj").strip(), "on" if on else "", "" if on else "on")
+        match = _CARRYING.search(text)
+        if match:
+            self.holding = _ARTICLE.sub("", match.group("obj").strip())
+        elif _NOT_CARRYING.search(text):
+            self.holding = ""
+
+    def _set_state(self, obj: str, word: str, undone: str) -> None:
+        words = [w for w in self.states.get(obj, []) if w != undone and w != word]
+        self.states[obj] = words + [word] if word else words
+
+    def add_places(self, names: Iterable[str]) -> None:
+        for name in names:
+            self._place(name)
+
+    def _described(self, obj: str) -> str:
+        words = self.states.get(obj)
+        return f"{obj} ({', '.join(words)})" if words else obj
+
+    def lines(self) -> list[str]:
+        """The three note lines of the prompt."""
+        searched = [f"{place} ({', '.join(self._described(o) for o in self.contents[place])})"
+                    if self.contents[place] else place for place in self.places if place in self.contents]
+        unsearched = [place for place in self.places if place not in self.contents]
+        return [
+            f"Holding: {self._described(self.holding) if self.holding else 'nothing'}",
+            f"Searched: {', '.join(searched) if searched else 'nothing yet'}",
+            f"Not searched yet: {', '.join(unsearched) if unsearched else 'none'}",
+        ]
+
+
+def household_memory(observations: Sequence[str], candidates: Sequence[str]) -> HouseholdMemory:
+    """The notes after `observations` (oldest first, the current one last); `candidates` name places too."""
+    memory = HouseholdMemory()
+    for text in observations:
+        memory.observe(text)
+    memory.add_places(match.group("place").strip() for match in map(_GO.match, candidates) if match)
+    return memory
+
+
+def is_move_candidate(action: str) -> bool:
+    """True for "go to <place>" candidates, which the household prompt names through the notes instead."""
+    return _GO.match(action.strip()) is not None
