@@ -76,6 +76,9 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix-cache", choices=["on", "off"], default=env_default("prefix-cache", "on"),
                    help="keep the KV cache of the shared system message per adapter and prefill only the rest of "
                         "each prompt (local backend) [LEAP_PREFIX_CACHE]")
+    g.add_argument("--merge-adapter", choices=["on", "off"], default=env_default("merge-adapter", "on"),
+                   help="run a forward pass whose rows all use one adapter on base weights with that adapter merged "
+                        "in; off: peft's unmerged LoRA path (local backend) [LEAP_MERGE_ADAPTER]")
 
 
 def build_service(args: argparse.Namespace):
@@ -91,7 +94,8 @@ def build_service(args: argparse.Namespace):
         backend = LocalBackend(LocalOptions(
             model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
             max_prefill_rows=args.max_prefill_rows, max_wait_ms=args.max_wait_ms, stop_at_action_line=args.stop_at == "action",
-            checkpoint_root=args.checkpoint_root, prefix_cache=args.prefix_cache == "on"))
+            checkpoint_root=args.checkpoint_root, prefix_cache=args.prefix_cache == "on",
+            merge_uniform_adapter=args.merge_adapter == "on"))
     else:
         from services.student.backends.remote import RemoteBackend, RemoteOptions
 

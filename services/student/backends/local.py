@@ -16,7 +16,8 @@ Decoding
       token ids, and the row ends as soon as one candidate is complete, or its remaining tokens
       are determined (they are appended without further forward passes);
     - rows of different adapter versions share a forward pass through peft's per-row
-      `adapter_names`; a batch of one version uses the plain (faster) path.
+      `adapter_names`; a batch of one version runs on base weights with its LoRA delta merged in
+      (see below).
     Left padding with explicit position ids keeps every row's positions as if it ran alone.
 
 System-prompt cache
@@ -25,6 +26,16 @@ System-prompt cache
     prefill then runs only on the rest of its prompt, on top of a copy of that cache:
     `[pad][system KV][pad][rest of prompt]`, with the mask hiding both pads and positions continuing
     from the end of the system message, so the row computes what it would have computed alone.
+
+Merged adapter
+    peft's unmerged LoRA path adds two thin matmuls per targeted Linear (measured on a CPU in bf16, r=16 on
+    all 7 projections: +20-35 % per decode step at ~50 rows, +45-65 % at 4 rows, +25-40 % on prefill). When
+    every row of a forward pass uses one adapter (evaluation, rollouts), its delta scaling * B @ A is added
+    to the base weights instead (in fp32, then cast) and peft's layers are disabled, so the pass runs at
+    base-model speed. Leaving that state copies back a copy of the weights as loaded, kept before their
+    first merge: subtracting the delta again would not restore bf16 weights bit for bit, and the error
+    would grow with every swap. Base rows and mixed batches never see merged weights. Merged and unmerged
+    compute the same function up to rounding, so the per-adapter system-prompt cache serves both.
 
 Hot swap
     `prepare_adapter` reads and verifies the checkpoint on the caller's thread (hashes, config,
@@ -97,6 +108,10 @@ class LocalOptions:
     #: Keep the KV cache in buffers with spare columns, written in place each decode step (False:
     #: transformers' DynamicLayer, which concatenates the whole cache every step; for comparisons).
     kv_append_in_place: bool = True
+    #: When every row of a forward pass uses the same adapter, run it on base weights with that adapter
+    #: merged in, instead of peft's unmerged LoRA path (False: always unmerged; for comparisons, or
+    #: for a model too large for the extra copy of its targeted weights that restoring needs).
+    merge_uniform_adapter: bool = True
 
 
 #: System messages shorter than this are not worth a cache entry.
@@ -203,7 +218,11 @@ class LocalBackend(Backend):
         self._control: deque[tuple[Callable[[], Any], Future]] = deque()
         self._thread: threading.Thread | None = None
         self._can_join = True
-        self._adapter_mode: str | None = None  # what the peft layers are set to: handle, "disabled" or None
+        self._adapter_mode: str | None = None  # what the peft layers are set to: handle, "disabled", "mixed" or None
+        self._merged: str | None = None  # the adapter whose delta the base weights carry (layers then disabled)
+        self._mergeable: set[str] = set()  # adapters that are plain LoRA on Linear layers
+        #: Base Linear -> its weight as loaded, kept before its first merge.
+        self._pristine: dict[torch.nn.Linear, torch.Tensor] = {}
         #: (adapter handle, system ids) -> per-layer (keys, values) of shape [1, heads, P, dim].
         self._prefix_kv: OrderedDict[tuple[str | None, tuple[int, ...]], list[tuple[torch.Tensor, torch.Tensor]]] = \
             OrderedDict()
@@ -429,7 +448,13 @@ class LocalBackend(Backend):
         handles = [row.request.adapter_handle for row in rows]
         if self.peft is not None:
             if len(set(handles)) == 1:
-                self._set_adapter_mode(handles[0] or "disabled")
+                handle = handles[0]
+                if handle is None:
+                    self._set_adapter_mode("disabled")
+                elif self.options.merge_uniform_adapter and handle in self._mergeable:
+                    self._set_adapter_mode("disabled", merged=handle)
+                else:
+                    self._set_adapter_mode(handle)
             else:
                 self._set_adapter_mode("mixed")
                 inputs["adapter_names"] = [h or _BASE_ROW for h in handles]
@@ -438,8 +463,17 @@ class LocalBackend(Backend):
             row.max_batch = max(row.max_batch, len(rows))
         return model(**inputs, use_cache=True, logits_to_keep=1)
 
-    def _set_adapter_mode(self, mode: str) -> None:
-        """Put peft's layers in the state a uniform batch needs (mixed batches pass adapter_names)."""
+    def _set_adapter_mode(self, mode: str, merged: str | None = None) -> None:
+        """Put peft's layers and the base weights in the state a forward pass needs.
+
+        `mode`: "disabled" (every LoRA layer calls only its base layer), "mixed" (rows pass adapter_names) or
+        a handle (peft's unmerged path for that adapter). `merged`, with "disabled": the adapter whose delta
+        the base weights must carry (None: the weights as loaded).
+        """
+        if merged != self._merged:
+            self._restore_base_weights()
+            if merged is not None:
+                self._merge_into_base(merged)
         if mode == self._adapter_mode:
             return
         if mode == "disabled":
@@ -450,6 +484,53 @@ class LocalBackend(Backend):
             if mode != "mixed":
                 self.peft.base_model.set_adapter(mode, inference_mode=True)
         self._adapter_mode = mode
+
+    def _lora_layers(self, handle: str) -> list:
+        """peft's LoRA layers that hold `handle`."""
+        from peft.tuners.lora import LoraLayer
+
+        return [m for m in self.peft.modules() if isinstance(m, LoraLayer) and handle in m.lora_A]
+
+    def _merge_into_base(self, handle: str) -> None:
+        """Set each targeted base weight to its weight as loaded + scaling * B @ A, summed in fp32.
+
+        With peft's layers disabled, a LoRA Linear calls only its base layer (peft 0.21 `Linear.forward`:
+        `disable_adapters` and no peft-merged adapters), so the pass computes base + delta.
+        """
+        self._merged = handle  # before any write, so that the restore below undoes a partial merge
+        try:
+            for layer in self._lora_layers(handle):
+                base = layer.get_base_layer()
+                pristine = self._pristine.get(base)
+                if pristine is None:  # a weight is only written after this copy: it is the weight as loaded
+                    pristine = self._pristine[base] = base.weight.detach().clone()
+                a, b = layer.lora_A[handle].weight.float(), layer.lora_B[handle].weight.float()
+                left, right = (a.T, b.T) if layer.fan_in_fan_out else (b, a)  # (B @ A).T for a transposed weight
+                base.weight.copy_(torch.addmm(pristine.float(), left, right, alpha=layer.scaling[handle]))
+        except BaseException:  # a half-merged model must not serve the next pass for this handle
+            self._restore_base_weights()
+            raise
+
+    def _restore_base_weights(self) -> None:
+        """Copy the weights as loaded back over a merged adapter (bit-exact)."""
+        if self._merged is None:
+            return
+        for base, pristine in self._pristine.items():
+            base.weight.copy_(pristine)
+        self._merged = None
+
+    def _can_merge(self, handle: str, config) -> bool:
+        """Plain LoRA on Linear layers: DoRA and other variants, LoRA biases and fully trained modules change
+        more than a weight delta, so such an adapter stays on peft's unmerged path."""
+        from peft.tuners.lora import Linear as LoraLinear
+
+        if getattr(config, "modules_to_save", None) or getattr(config, "trainable_token_indices", None):
+            return False
+        layers = self._lora_layers(handle)
+        return bool(layers) and all(
+            type(layer) is LoraLinear and isinstance(layer.get_base_layer(), torch.nn.Linear)
+            and handle not in layer.lora_variant and not layer.lora_bias.get(handle, False)
+            for layer in layers)
 
     def _prefill(self, rows: list[_Row]) -> _Batch:
         for row in rows:
@@ -802,6 +883,9 @@ class LocalBackend(Backend):
 
         created = False
         self._forget_prefixes(handle)
+        # peft may read base weights while it adds layers (PiSSA-style inits), and a rollback's unload hands the
+        # bare model back: both need the weights as loaded.
+        self._restore_base_weights()
         try:
             if self.peft is None:
                 with warnings.catch_warnings():  # transformers deprecation noise triggered inside peft
@@ -825,6 +909,8 @@ class LocalBackend(Backend):
             # A new PeftModel starts with `handle` active; after add_adapter the layers' state is
             # re-asserted before the next uniform forward.
             self._adapter_mode = handle if created else None
+            if self._can_merge(handle, config):
+                self._mergeable.add(handle)
         except FailedPrecondition:
             self._rollback(handle, created)
             raise
@@ -834,6 +920,7 @@ class LocalBackend(Backend):
         metrics.LOADED_ADAPTERS.set(len(self.peft.peft_config))
 
     def _rollback(self, handle: str, created: bool) -> None:
+        self._mergeable.discard(handle)
         try:
             if created:
                 self.peft.unload()
@@ -848,7 +935,10 @@ class LocalBackend(Backend):
     def remove_adapter(self, handle: str) -> None:
         def delete() -> None:
             if self.peft is not None and handle in self.peft.peft_config and len(self.peft.peft_config) > 1:
+                if handle == self._merged:
+                    self._restore_base_weights()
                 self.peft.delete_adapter(handle)
+                self._mergeable.discard(handle)
                 self._adapter_mode = None
                 self._forget_prefixes(handle)
                 metrics.LOADED_ADAPTERS.set(len(self.peft.peft_config))
