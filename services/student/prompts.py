@@ -151,10 +151,7 @@ def render_messages(
     """
     spec = spec_for(env)
     turns = [_turn(entry) for entry in history]
-    if history_window >= 0:
-        shown = turns[max(0, len(turns) - history_window):] if history_window else []
-    else:
-        shown = turns
+    shown = _last_turns(turns, history_window)
     template = _jinja().get_template(spec.template)
     module = template.make_module()
     system = module.system(spec.role, spec.action_format) if spec.action_format else module.system(spec.role)
@@ -181,7 +178,12 @@ def history_to_send(env: str, history: Sequence[Any], history_window: int) -> li
     whose prompt keeps notes folded from every past observation.
     """
     turns = list(history)
-    if spec_for(env).notes or history_window < 0:
+    return turns if spec_for(env).notes else _last_turns(turns, history_window)
+
+
+def _last_turns(turns: list, history_window: int) -> list:
+    """The last `history_window` turns (0: none, negative: all)."""
+    if history_window < 0:
         return turns
     return turns[max(0, len(turns) - history_window):] if history_window else []
 

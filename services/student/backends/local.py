@@ -449,7 +449,7 @@ class LocalBackend(Backend):
         if self.peft is not None:
             if len(set(handles)) == 1:
                 handle = handles[0]
-                if handle is None:
+                if not handle:  # the base model
                     self._set_adapter_mode("disabled")
                 elif self.options.merge_uniform_adapter and handle in self._mergeable:
                     self._set_adapter_mode("disabled", merged=handle)
