@@ -76,6 +76,7 @@ class TrainerConfig:
     max_steps: int = 0
     beta: float = 0.1
     max_examples: int = 0          # cap on an iteration's aggregated training set (0: no cap), equal shares
+    balance_actions: bool = False  # subsample each iteration's rows by action kind (square-root shares), not at random
 
 
 @dataclass

@@ -302,7 +302,8 @@ class LeapRun:
         first = 0 if method == "sft" else 1
         history = [ds.read_rows(self.run_dir / "datasets" / f"iter{k}-{method}.jsonl") for k in range(first, i)]
         mixed = ds.aggregate(history + [rows], seed=self.config.seed * 7919 + i,
-                             max_rows=self.config.trainer.max_examples)
+                             max_rows=self.config.trainer.max_examples,
+                             balance_actions=self.config.trainer.balance_actions)
         path = ds.write_rows(self.run_dir / "datasets" / f"train-iter{i}-{method}.jsonl", mixed)
         return {"rows_file": str(own), "rows": len(rows), "mixed_file": str(path), "mixed_rows": len(mixed)}
 

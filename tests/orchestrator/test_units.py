@@ -92,6 +92,53 @@ def test_aggregate_cap_keeps_equal_shares():
     assert len({r["i"] for r in capped}) == 12
 
 
+def _row(action: str, i: int) -> dict:
+    return {"completion": f"REASON: step {i}.\nACTION: {action}", "i": i}
+
+
+def test_action_kind_reads_the_targets_action_line():
+    assert ds.action_kind(_row("go to cabinet 1", 0)) == "go"
+    assert ds.action_kind({"completion": "REASON: the action: is below\nACTION: take apple 1 from table 1"}) == "take"
+    assert ds.action_kind({"chosen": "REASON: r\nACTION: search[red shoes]", "rejected": "ACTION: click[x]"}) == "search"
+    assert ds.action_kind({"completion": "REASON: r\n**Action**: ls -la /tmp"}) == "ls"
+    assert ds.action_kind({"completion": ""}) == ""
+
+
+def test_balanced_quotas_take_square_root_shares_and_never_more_than_there_is():
+    counts = {"go": 324, "open": 118, "take": 46, "move": 39, "cool": 7, "heat": 7, "use": 7, "clean": 6}
+    quotas = ds.balanced_quotas(counts, 200)
+    assert sum(quotas.values()) == 200
+    assert all(0 <= quotas[k] <= counts[k] for k in counts)
+    assert [quotas[k] for k in ("cool", "heat", "use", "clean")] == [7, 7, 7, 6]  # rare kinds kept whole
+    # Between random sampling (proportional) and equal shares: the commonest kind still leads.
+    proportional = {k: 200 * n / sum(counts.values()) for k, n in counts.items()}
+    assert quotas["go"] < proportional["go"] and quotas["go"] > max(v for k, v in quotas.items() if k != "go")
+    assert quotas["move"] > proportional["move"] and quotas["take"] > proportional["take"]
+    assert ds.balanced_quotas({"a": 3, "b": 2}, 10) == {"a": 3, "b": 2}  # asking for more: everything
+    assert sum(ds.balanced_quotas({"a": 1, "b": 1, "c": 1}, 2).values()) == 2
+    assert ds.balanced_quotas({"a": 0, "b": 4}, 3) == {"a": 0, "b": 3}
+    for size in range(0, 60):
+        q = ds.balanced_quotas({"a": 40, "b": 9, "c": 2, "d": 1}, size)
+        assert sum(q.values()) == min(size, 52) and q["a"] >= q["b"] >= q["c"] >= q["d"]
+
+
+def test_aggregate_balances_action_kinds_when_asked():
+    corrections = [_row("go to shelf 1", i) for i in range(90)] + [_row("take cup 1 from shelf 1", 90 + i) for i in range(10)]
+    demos = [_row(a, 200 + i) for i, a in enumerate(["go to desk 1"] * 60 + ["open drawer 1"] * 30 + ["move cup 1 to desk 1"] * 10)]
+    plain = ds.aggregate([demos, corrections], seed=3, max_rows=40)
+    balanced = ds.aggregate([demos, corrections], seed=3, max_rows=40, balance_actions=True)
+    assert len(balanced) == len(plain) == 40
+    kinds = [ds.action_kind(r) for r in balanced if r["i"] < 200]
+    assert len(kinds) == 20 and kinds.count("take") == 5 and kinds.count("go") == 15  # sqrt(10) : sqrt(90)
+    demo_kinds = [ds.action_kind(r) for r in balanced if r["i"] >= 200]
+    assert (demo_kinds.count("go"), demo_kinds.count("open"), demo_kinds.count("move")) == (9, 7, 4)
+    assert len({r["i"] for r in balanced}) == 40  # no row twice
+    assert balanced == ds.aggregate([demos, corrections], seed=3, max_rows=40, balance_actions=True)
+    # With room for every row, balancing changes nothing but the order.
+    whole = ds.aggregate([demos[:100], corrections], seed=3, balance_actions=True)
+    assert sorted(r["i"] for r in whole) == sorted(r["i"] for r in demos + corrections)
+
+
 def test_seeds_are_stable_and_distinct():
     assert derive_seed(0, "train-1", 3) == derive_seed(0, "train-1", 3)
     assert derive_seed(0, "train-1", 3) != derive_seed(0, "train-1", 4)
