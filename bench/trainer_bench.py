@@ -113,15 +113,13 @@ def direct_training(dataset: Path, steps: int, round_index: int, out_dir: Path) 
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
 
-    import torch
-
-    from services.models import load_model_and_tokenizer, pick_dtype
+    from services.models import load_model_and_tokenizer
 
     datasets.disable_progress_bars()  # quiet console, as in the service (no effect on speed)
     hf_logging.disable_progress_bar()
     started = time.monotonic()
     model, tokenizer, _ = load_model_and_tokenizer("smollm2", device="cpu", padding_side="right")
-    dtype_name = "bf16" if pick_dtype("cpu") == torch.bfloat16 else "fp32"  # as the service picks it
+    dtype_name = precision()  # as the service picks it
     rows = []
     for line in dataset.read_text().splitlines():
         example = json.loads(line)
@@ -224,8 +222,8 @@ def write_report(out: Path, report: dict) -> None:
         "",
         f"{w['examples']} LEAP-shaped SFT examples (prompt ~{w['mean_prompt_tokens']:.0f} tokens, target "
         f"~{w['mean_target_tokens']:.0f}), LoRA r={HYPER['lora_r']} alpha={HYPER['lora_alpha']} q/k/v/o, batch "
-        f"{HYPER['batch_size']}, {w['steps']} steps, {w.get('precision', 'fp32')} mixed precision where the CPU runs it (AMX), "
-        "as the service picks it. Service: `leap trainer serve` in its own process, "
+        f"{HYPER['batch_size']}, {w['steps']} steps, {w.get('precision', 'fp32')} (bf16 autocast where the CPU "
+        "has AMX, as the service picks it). Service: `leap trainer serve` in its own process, "
         "StartJob + WatchJob over loopback gRPC. Direct: the same `trl.SFTTrainer` call in a fresh process of "
         f"its own. Alternating, {s.get('rounds_complete', 0)} of {w['rounds']} rounds complete. "
         f"{report['machine']['note']} {report['timestamp']}.",

@@ -80,24 +80,16 @@ def correction_rows(env: str, pairs: list[tuple[common_pb2.Trajectory, teacher_p
     return rows
 
 
-def _kind(action: str) -> str:
-    words = action.split()
-    return words[0].split("[", 1)[0].lower() if words else ""
-
-
-def target_action(row: dict) -> str:
-    """The action of a row's supervised target (`completion`, or `chosen` for DPO), after its ACTION label."""
-    from services.student.prompts import action_line_start
-
-    target = row.get("completion", row.get("chosen", "")) or ""
-    start = action_line_start(target)
-    value = target[start:].split(":", 1)[1] if start is not None else target
-    return value.strip().split("\n", 1)[0].strip()
-
-
 def action_kind(row: dict) -> str:
-    """The kind of a row's target action: its first word ("go", "open", "take", "search[...]" -> "search")."""
-    return _kind(target_action(row))
+    """The kind of a row's target action: its first word ("go", "open", "take", "search[...]" -> "search").
+
+    The action is read from the supervised target (`completion`, or `chosen` for DPO) by the
+    student's own output parser.
+    """
+    from services.student.prompts import parse_output
+
+    words = parse_output(row.get("completion", row.get("chosen", "")) or "", []).action.split()
+    return words[0].split("[", 1)[0].lower() if words else ""
 
 
 def balanced_quotas(counts: dict[str, int], size: int) -> dict[str, int]:
@@ -144,7 +136,8 @@ def _subsample(rows: list[dict], size: int, rng: random.Random, balance: bool) -
     return picked
 
 
-def aggregate(per_iteration: list[list[dict]], seed: int, max_rows: int = 0, balance_actions: bool = False) -> list[dict]:
+def aggregate(per_iteration: list[list[dict]], seed: int, max_rows: int = 0,
+              balance_actions: bool = False) -> list[dict]:
     """LEAP's aggregation: subsample each iteration's data to the size of the smallest, then mix.
 
     `max_rows` > 0 caps the mixture: every iteration then contributes `max_rows // iterations` rows at

@@ -374,8 +374,6 @@ _ACTION_LABEL = r"[ \t>#*_`~\-]*action\b[ \t*_`]*:"
 _ACTION_LINE_DONE = re.compile(
     r"(?im)^" + _ACTION_LABEL + r"[ \t*_`]*(?:[^\s][^\n]*\n|\n[ \t]*[^\s][^\n]*\n)"
 )
-# The label at any line start (where the action line of a target begins).
-_ACTION_LINE_START = re.compile(r"(?im)^" + _ACTION_LABEL)
 # The label alone, ending the text, after a newline.
 _ACTION_LABEL_AT_END = re.compile(r"(?i)\n" + _ACTION_LABEL + r"[ \t]*$")
 
@@ -383,14 +381,6 @@ _ACTION_LABEL_AT_END = re.compile(r"(?i)\n" + _ACTION_LABEL + r"[ \t]*$")
 def action_line_complete(text: str) -> bool:
     """True once `text` holds a full ACTION line (label, value and the newline that ends it)."""
     return _ACTION_LINE_DONE.search(text) is not None
-
-
-def action_line_start(text: str) -> int | None:
-    """Offset of the last line of `text` that starts with an ACTION label (None without one)."""
-    found = None
-    for found in _ACTION_LINE_START.finditer(text):
-        pass
-    return found.start() if found is not None else None
 
 
 def ends_with_action_label(text: str) -> bool:
