@@ -237,3 +237,49 @@ def test_prior_searcher_explains_with_priors():
         "Mugs are usually kept in the cabinet, on the coffeemachine or on the countertop")
     plain = backend.expert_advice("train-00003", [], SEARCHER)
     assert plain.next_action == "go to countertop 1" and "one by one" in plain.rationale
+
+
+@pytest.mark.parametrize("task_type", ["pick_and_place_simple", "pick_heat_then_place_in_recep",
+                                       "pick_two_obj_and_place"])
+def test_delivery_rationales_state_the_destination_and_the_agents_place_before_the_step(task_type):
+    """Every step from the take to the put reads "The task wants ... <destination kind>; I am at the
+    <kind where the agent stands>, so I <step>": go and put share their opening words and differ only
+    after the two places they depend on (a student that filled "I am at the X, so I put it" with
+    wherever it stood put the object back where it found it)."""
+    backend = HouseholdBackend()
+    task_id = next(t.task_id for t in backend.list_tasks("train", 0, 200) if t.task_type == task_type)
+    scene = backend.scene(task_id)
+    won, actions = run_expert(scene, SEARCHER, 60)
+    assert won
+    task = scene.task
+    kinds = scene.layout.recep_kinds
+    receptacles = list(scene.layout.receptacles)
+    checked = collections.Counter()
+    place, holding = None, False
+    for t, action in enumerate(actions):
+        advice = backend.expert_advice(task_id, actions[:t], SEARCHER)
+        assert advice.next_action == action
+        if holding and (action.startswith("go to ") or action.startswith("move ")
+                           or action.split()[0] in ("heat", "cool", "clean")):
+            here = kinds[receptacles.index(place)] if place else None
+            assert advice.rationale.startswith("The task wants "), advice.rationale
+            assert f"; I am at the {here}, so I " in advice.rationale, advice.rationale
+            if action.startswith("move "):
+                assert advice.rationale.endswith("so I put it there."), advice.rationale
+                assert f" the {task.dest_kind};" in advice.rationale
+                checked["put"] += 1
+            elif action.startswith("go to "):
+                target = action.removeprefix("go to ")
+                assert advice.rationale.endswith(f"so I go to the {kinds[receptacles.index(target)]}.")
+                checked["go"] += 1
+            else:
+                assert advice.rationale.endswith(f"so I {action.split()[0]} it now."), advice.rationale
+                checked["process"] += 1
+        if action.startswith("go to "):
+            place = action.removeprefix("go to ")
+        elif action.startswith("take "):
+            place, holding = action.split(" from ", 1)[1], True
+        elif action.startswith("move "):
+            holding = False
+    assert checked["put"] >= 1 and checked["go"] >= 1
+    assert checked["process"] >= (1 if task.verb else 0)

@@ -216,23 +216,29 @@ def explain(view: View, tag: Tag, expert: str) -> str:
             return (f"The task is to examine {_a(task.obj_kind)} under the {task.lamp_kind}; "
                     f"I found the {name}, so I pick it up.")
         return f"The task needs {_a(task.obj_kind)} and here is the {name}, so I pick it up."
-    if purpose == PROCESS_GO:
-        word = priors.STATE_WORD[task.verb]
-        return (f"I have the {name}, but the task wants it {word} first; "
-                f"things get {word} {priors.preposition(rkind)} the {rkind}, so I go there.")
-    if purpose == PROCESS:
-        return f"I am at the {rkind} with the {name}, so I {task.verb} it now."
-    if purpose == PLACE_GO:
-        state = f"{priors.STATE_WORD[task.verb]} now" if task.verb else "in hand"
+    # Carrying the object to where the task wants it (and processing it on the way): every reason
+    # first restates the want, then where the agent stands, then the step. A small student makes its
+    # decision in its reason's first words; written this way, "go" or "put" comes right after the two
+    # places it depends on, instead of from a template it fills with the place it happens to be at.
+    # Places by kind only: an instance ("sinkbasin 1") can be a critical location the agent never saw.
+    here = f"I am at the {layout.recep_kinds[view.loc]}" if view.loc >= 0 else "I am in the middle of the room"
+    if purpose in (PROCESS_GO, PROCESS):
+        want = f"The task wants the {name} {priors.STATE_WORD[task.verb]} first; {here}"
+        if purpose == PROCESS_GO:
+            return f"{want}, so I go to the {rkind}."
+        return f"{want}, so I {task.verb} it now."
+    if purpose in (PLACE_GO, PLACE_OPEN, PLACE):
+        dest = f"{priors.preposition(task.dest_kind)} the {task.dest_kind}"
         if task.task_type == "pick_two_obj_and_place":
-            return (f"The task needs two {priors.plural(task.obj_kind)} in one {task.dest_kind}; "
-                    f"I bring the {name} there.")
-        where = f"{priors.preposition(task.dest_kind)} the {task.dest_kind}"
-        return f"The {name} is {state}, and the task wants it {where}."
-    if purpose == PLACE_OPEN:
-        return f"The {rkind} is closed; I open it so that I can put the {name} inside."
-    if purpose == PLACE:
-        return f"I am at the {rkind} with the {name}, so I put it {priors.preposition(rkind)} the {rkind}."
+            want = f"The task wants two {priors.plural(task.obj_kind)} {dest}; {here}"
+        else:
+            state = f"{priors.STATE_WORD[task.verb]} " if task.verb else ""
+            want = f"The task wants the {name} {state}{dest}; {here}"
+        if purpose == PLACE_GO:
+            return f"{want}, so I go to the {rkind}."
+        if purpose == PLACE_OPEN:
+            return f"{want}, which is closed, so I open it."
+        return f"{want}, so I put it there."
     if purpose == LAMP_GO:
         lamp = objs[tag.obj]
         held = objs[view.holding].name if view.holding in objs else task.obj_kind
