@@ -81,15 +81,27 @@ def correction_rows(env: str, pairs: list[tuple[common_pb2.Trajectory, teacher_p
 
 
 def action_kind(row: dict) -> str:
-    """The kind of a row's target action: its first word ("go", "open", "take", "search[...]" -> "search").
+    """The kind of decision a row teaches: its target action's first word ("go", "open", "take",
+    "search[...]" -> "search"), plus " (holding)" when the prompt's household notes say the agent
+    carries something.
 
     The action is read from the supervised target (`completion`, or `chosen` for DPO) by the
-    student's own output parser.
+    student's own output parser; the notes from the row's last user message (what the student saw).
+    Walking while searching and walking to deliver are different decisions with the same first word:
+    counted together, the search walks (about four in five) crowded the delivery walks out of a
+    balanced subsample, and the student learned to put what it picked up straight back down.
     """
+    from services.student.memory import held_in_prompt
     from services.student.prompts import parse_output
 
     words = parse_output(row.get("completion", row.get("chosen", "")) or "", []).action.split()
-    return words[0].split("[", 1)[0].lower() if words else ""
+    if not words:
+        return ""
+    kind = words[0].split("[", 1)[0].lower()
+    users = [m.get("content", "") for m in row.get("messages", []) if m.get("role") == "user"]
+    if users and held_in_prompt(users[-1]):
+        kind += " (holding)"
+    return kind
 
 
 def balanced_quotas(counts: dict[str, int], size: int) -> dict[str, int]:

@@ -143,6 +143,19 @@ def household_memory(observations: Sequence[str], candidates: Sequence[str]) -> 
     return memory
 
 
+_HOLDING_LINE = re.compile(r"^Holding: (?P<obj>.*)$", re.MULTILINE)
+
+
+def held_in_prompt(prompt: str) -> str | None:
+    """What a rendered prompt's notes say the agent holds: the object ("plate 1 (hot)"), "" for
+    nothing, or None when the prompt carries no household notes."""
+    match = _HOLDING_LINE.search(prompt)
+    if match is None:
+        return None
+    held = match.group("obj").strip()
+    return "" if held == "nothing" else held
+
+
 def is_move_candidate(action: str) -> bool:
     """True for "go to <place>" candidates, which the household prompt names through the notes instead."""
     return _GO.match(action.strip()) is not None

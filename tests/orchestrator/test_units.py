@@ -104,6 +104,33 @@ def test_action_kind_reads_the_targets_action_line():
     assert ds.action_kind({"completion": ""}) == ""
 
 
+def _household_row(action: str, holding: str) -> dict:
+    user = (f"Your task is: put a cool plate on shelf.\nHolding: {holding}\nSearched: cabinet 1\n"
+            "Not searched yet: shelf 1\nCurrent observation: You pick up the plate 1 from the cabinet 1.")
+    return {"messages": [{"role": "system", "content": "Holding: nothing"}, {"role": "user", "content": user}],
+            "completion": f"REASON: r.\nACTION: {action}"}
+
+
+def test_action_kind_tells_walking_while_holding_from_searching():
+    assert ds.action_kind(_household_row("go to cabinet 2", "nothing")) == "go"
+    assert ds.action_kind(_household_row("go to shelf 1", "plate 1")) == "go (holding)"
+    assert ds.action_kind(_household_row("move plate 1 to shelf 1", "plate 1 (cool)")) == "move (holding)"
+    # Only the user's notes count (not the system prompt, not a prompt without notes).
+    bare = _household_row("go to shelf 1", "plate 1")
+    bare["messages"][1]["content"] = "Your task is: find a plate.\nCurrent observation: nothing."
+    assert ds.action_kind(bare) == "go"
+    # In a balanced subsample the delivery walks get a share of their own instead of ~1/5 of "go".
+    rows = ([_household_row("go to cabinet 2", "nothing") for _ in range(80)]
+            + [_household_row("go to shelf 1", "plate 1") for _ in range(20)]
+            + [_household_row("move plate 1 to shelf 1", "plate 1") for _ in range(20)])
+    for i, row in enumerate(rows):
+        row["i"] = i
+    picked = ds.aggregate([rows], seed=1, max_rows=30, balance_actions=True)
+    kinds = [ds.action_kind(r) for r in picked]
+    assert kinds.count("go") == 15  # sqrt(80) : sqrt(20) : sqrt(20) of 30
+    assert sorted([kinds.count("go (holding)"), kinds.count("move (holding)")]) == [7, 8]
+
+
 def test_balanced_quotas_take_square_root_shares_and_never_more_than_there_is():
     counts = {"go": 324, "open": 118, "take": 46, "move": 39, "cool": 7, "heat": 7, "use": 7, "clean": 6}
     quotas = ds.balanced_quotas(counts, 200)
