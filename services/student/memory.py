@@ -43,6 +43,8 @@ _CARRYING = re.compile(r"you are carrying: (?P<obj>[^.\n]+?)\.", re.IGNORECASE)
 _NOT_CARRYING = re.compile(r"you are not carrying anything", re.IGNORECASE)
 _GO = re.compile(r"^go to (?P<place>.+)$", re.IGNORECASE)
 
+#: The notes' holding line, as `lines` writes it and `held_in_prompt` reads it back.
+HOLDING_LABEL, NOTHING_HELD = "Holding: ", "nothing"
 #: The state words a processed object carries (heating undoes cooling and the other way round).
 _STATE_WORD = {"heat": "hot", "cool": "cool", "clean": "clean"}
 _UNDOES = {"hot": "cool", "cool": "hot"}
@@ -128,7 +130,7 @@ class HouseholdMemory:
                     if self.contents[place] else place for place in self.places if place in self.contents]
         unsearched = [place for place in self.places if place not in self.contents]
         return [
-            f"Holding: {self._described(self.holding) if self.holding else 'nothing'}",
+            f"{HOLDING_LABEL}{self._described(self.holding) if self.holding else NOTHING_HELD}",
             f"Searched: {', '.join(searched) if searched else 'nothing yet'}",
             f"Not searched yet: {', '.join(unsearched) if unsearched else 'none'}",
         ]
@@ -143,7 +145,7 @@ def household_memory(observations: Sequence[str], candidates: Sequence[str]) -> 
     return memory
 
 
-_HOLDING_LINE = re.compile(r"^Holding: (?P<obj>.*)$", re.MULTILINE)
+_HOLDING_LINE = re.compile(r"^" + re.escape(HOLDING_LABEL) + r"(?P<obj>.*)$", re.MULTILINE)
 
 
 def held_in_prompt(prompt: str) -> str | None:
@@ -153,7 +155,7 @@ def held_in_prompt(prompt: str) -> str | None:
     if match is None:
         return None
     held = match.group("obj").strip()
-    return "" if held == "nothing" else held
+    return "" if held == NOTHING_HELD else held
 
 
 def is_move_candidate(action: str) -> bool:
