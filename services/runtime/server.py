@@ -29,6 +29,9 @@ from services.runtime.metrics import start_metrics_server
 
 log = logging.getLogger("leap.server")
 
+#: How often the main thread wakes while serving, so that a SIGTERM handler always gets to run.
+_SIGNAL_POLL_S = 0.25
+
 
 @dataclass
 class Registration:
@@ -123,7 +126,11 @@ class ServiceHost:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
-        self._stopped.wait()
+        # Poll, never block forever: a signal that lands just before the main thread enters an untimed
+        # lock wait only runs its Python handler at the next bytecode, which an untimed wait never reaches
+        # (seen as a SIGTERM ignored about one time in eight). A timed wait returns to bytecode each tick.
+        while not self._stopped.wait(timeout=_SIGNAL_POLL_S):
+            pass
         self.server.wait_for_termination()
         # stop() runs in another thread when a signal arrived: return only once its hooks have run
         # (e.g. a model's decode thread has stopped), so the process never exits mid-shutdown.

@@ -2,12 +2,16 @@
 
 ListEnvironments raises a plain exception (-> INTERNAL), ListTasks raises a ServiceError,
 Step sleeps for `float(action)` seconds then answers (for drain and deadline tests).
-Run as a script it serves on a free port and writes the port to argv[1].
+Run as a script it serves on a free port and writes the port to argv[1]. With a second argument
+`sigterm-from-a-worker-thread`, a non-main thread sends the process SIGTERM once it serves: the kernel
+may hand a process's signal to any of its threads, and the server must still shut down.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import time
 
 from leap.v1 import environment_pb2 as pb
@@ -41,6 +45,13 @@ def start_in_process(**overrides) -> ServiceHost:
     return host
 
 
+def _sigterm_from_a_worker_thread(delay_s: float) -> None:
+    time.sleep(delay_s)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+
 if __name__ == "__main__":
+    if sys.argv[2:] == ["sigterm-from-a-worker-thread"]:
+        threading.Thread(target=_sigterm_from_a_worker_thread, args=(1.0,), daemon=True).start()
     serve_forever(ServerConfig(port=0, port_file=sys.argv[1], grace_seconds=10.0, log_format="text"),
                   registrations(), label="demo")

@@ -127,3 +127,23 @@ def test_sigterm_drains_in_flight_call(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_sigterm_received_by_a_worker_thread_still_stops_the_server(tmp_path):
+    """CPython runs a signal's handler on the main thread only; when the kernel hands SIGTERM to another
+    thread, a main thread blocked in an untimed wait never runs it (CI saw `leap student serve` ignore
+    SIGTERM this way). The demo process signals itself from a worker thread once it serves."""
+    port_file = tmp_path / "port"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "tests.runtime.demo_service", str(port_file),
+                             "sigterm-from-a-worker-thread"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.wait(timeout=30) == 0
+        assert port_file.exists()
+        log = proc.stderr.read()
+        assert "shutting down" in log and "stopped" in log, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
