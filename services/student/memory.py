@@ -2,15 +2,20 @@
 
 A small model with a short history window cannot remember which places it has already searched,
 where it saw the object it needs, or what it is carrying: those facts scroll out of the prompt.
-The household prompt therefore carries three lines the agent could have written down itself:
+The household prompt therefore carries four lines the agent could have written down itself:
 
     Holding: plate 1 (hot)
+    Task objects seen: apple 1 here, plate 2 at countertop 1
     Searched: shelf 1, countertop 1 (apple 1, plate 2)
     Not searched yet: cabinet 1, drawer 1, fridge 1
 
 They are folded from the observations the agent received, in order (ALFWorld's phrasing, which the
-embedded household world speaks too), plus the places named by its candidate actions. Nothing else
-goes in: there is no input through which hidden state could enter. A place counts as searched once
+embedded household world speaks too), plus the places named by its candidate actions and the words
+of its task sentence. Nothing else goes in: there is no input through which hidden state could enter.
+"Task objects seen" lists the objects in searched places whose kind (the name without its number)
+is a word of the task ("put a hot apple in fridge": apples); "here" marks the place the agent last
+arrived at. A small student otherwise "sees" the object it wants at every place ("here is the mug 1,
+so I pick it up", then takes the potato that is there). A place counts as searched once
 its contents were listed to the agent (arriving at an open or open-topped place, opening it, or
 examining it); a closed place it only walked up to is not searched. Places are listed in the order
 the first observation names them (the room order), then in the order they were first mentioned.
@@ -42,9 +47,14 @@ _TURN = re.compile(r"you turn (?P<word>on|off) the (?P<obj>[^.\n]+?)\.", re.IGNO
 _CARRYING = re.compile(r"you are carrying: (?P<obj>[^.\n]+?)\.", re.IGNORECASE)
 _NOT_CARRYING = re.compile(r"you are not carrying anything", re.IGNORECASE)
 _GO = re.compile(r"^go to (?P<place>.+)$", re.IGNORECASE)
+_ARRIVAL = re.compile(r"you arrive at ", re.IGNORECASE)
+_GOAL = re.compile(r"your task is(?: to)?\s*:\s*(?P<goal>[^\n]+)", re.IGNORECASE)
+_WORD = re.compile(r"[a-z]+")
+_NUMBER_SUFFIX = re.compile(r"\s+\d+$")
 
 #: The notes' holding line, as `lines` writes it and `held_in_prompt` reads it back.
 HOLDING_LABEL, NOTHING_HELD = "Holding: ", "nothing"
+TASK_OBJECTS_LABEL, NONE_SEEN = "Task objects seen: ", "none yet"
 #: The state words a processed object carries (heating undoes cooling and the other way round).
 _STATE_WORD = {"heat": "hot", "cool": "cool", "clean": "clean"}
 _UNDOES = {"hot": "cool", "cool": "hot"}
@@ -73,6 +83,13 @@ class HouseholdMemory:
     holding: str = ""
     #: Object -> state words it was seen to acquire ("hot", "clean", "on").
     states: dict[str, list[str]] = field(default_factory=dict)
+    #: The words of the task sentence ("put a hot apple in fridge." -> put, a, hot, apple, in, fridge).
+    goal_words: frozenset[str] = frozenset()
+    #: The place the agent last arrived at ("" before its first move, or when an arrival named none).
+    at: str = ""
+
+    def set_goal(self, goal: str) -> None:
+        self.goal_words = frozenset(_WORD.findall(goal.lower()))
 
     def _place(self, name: str) -> str:
         name = " ".join(name.split())
@@ -81,14 +98,24 @@ class HouseholdMemory:
         return name
 
     def observe(self, text: str) -> None:
+        if not self.goal_words:
+            goal = _GOAL.search(text)
+            if goal:
+                self.set_goal(goal.group("goal"))
         for match in _ROOM.finditer(text):
             for name in _names(match.group("list")):
                 self._place(name)
+        arrived = _ARRIVAL.search(text) is not None
+        if arrived:
+            self.at = ""
         for match in _ARRIVE.finditer(text):
-            self._place(match.group("place"))
+            self.at = self._place(match.group("place"))
         for pattern in (_ON, _IN):
             for match in pattern.finditer(text):
-                self.contents[self._place(match.group("place"))] = _names(match.group("list"))
+                place = self._place(match.group("place"))
+                self.contents[place] = _names(match.group("list"))
+                if arrived and not self.at:  # older ALFWorld: "You arrive at loc 5. On the desk 1, ..."
+                    self.at = place
         for match in _PICK.finditer(text):
             obj, place = match.group("obj").strip(), self._place(match.group("place"))
             if obj in self.contents.get(place, []):
@@ -124,21 +151,36 @@ class HouseholdMemory:
         words = self.states.get(obj)
         return f"{obj} ({', '.join(words)})" if words else obj
 
+    def task_objects(self) -> list[tuple[str, str]]:
+        """(object, place) for each object in a searched place whose kind is a word of the task;
+        those where the agent stands first, then in place order."""
+        seen = [(obj, place) for place in self.places for obj in self.contents.get(place, [])
+                if _NUMBER_SUFFIX.sub("", obj).lower() in self.goal_words]
+        return [pair for pair in seen if pair[1] == self.at] + [pair for pair in seen if pair[1] != self.at]
+
     def lines(self) -> list[str]:
-        """The three note lines of the prompt."""
+        """The four note lines of the prompt."""
         searched = [f"{place} ({', '.join(self._described(o) for o in self.contents[place])})"
                     if self.contents[place] else place for place in self.places if place in self.contents]
         unsearched = [place for place in self.places if place not in self.contents]
+        wanted = [f"{self._described(obj)} {'here' if place == self.at else 'at ' + place}"
+                  for obj, place in self.task_objects()]
         return [
             f"{HOLDING_LABEL}{self._described(self.holding) if self.holding else NOTHING_HELD}",
+            f"{TASK_OBJECTS_LABEL}{', '.join(wanted) if wanted else NONE_SEEN}",
             f"Searched: {', '.join(searched) if searched else 'nothing yet'}",
             f"Not searched yet: {', '.join(unsearched) if unsearched else 'none'}",
         ]
 
 
-def household_memory(observations: Sequence[str], candidates: Sequence[str]) -> HouseholdMemory:
-    """The notes after `observations` (oldest first, the current one last); `candidates` name places too."""
+def household_memory(observations: Sequence[str], candidates: Sequence[str], goal: str = "") -> HouseholdMemory:
+    """The notes after `observations` (oldest first, the current one last); `candidates` name places too.
+
+    `goal` is the task sentence; without it, the one the first observation states ("Your task is to: ...").
+    """
     memory = HouseholdMemory()
+    if goal.strip():
+        memory.set_goal(_GOAL.sub(lambda m: m.group("goal"), goal.strip()))
     for text in observations:
         memory.observe(text)
     memory.add_places(match.group("place").strip() for match in map(_GO.match, candidates) if match)

@@ -158,7 +158,8 @@ def render_messages(
     candidates = [_clean(c) for c in candidates]
     notes: list[str] = []
     if spec.notes:
-        memory = household_memory([_clean(t.observation) for t in turns] + [_clean(observation)], candidates)
+        memory = household_memory([_clean(t.observation) for t in turns] + [_clean(observation)], candidates,
+                                  goal=_GOAL_PREFIX.sub("", _clean(goal)))
         notes = memory.lines()
         candidates = [c for c in candidates if not is_move_candidate(c)]
     user = module.user(

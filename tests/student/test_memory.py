@@ -11,6 +11,7 @@ from services.environment.backends.household.world import (
     COOL,
     HOT,
     NOTHING,
+    NOWHERE,
     ON,
     Knowledge,
     candidates,
@@ -49,7 +50,7 @@ def test_notes_match_the_world_after_random_play():
     """
     config = HouseholdConfig()
     rng = random.Random(7)
-    checked = took = processed = 0
+    checked = took = processed = seen_task_objects = here = 0
     for i in range(300):
         scene = generate(("train", "valid_seen", "valid_unseen")[i % 3], i, config)
         layout = scene.layout
@@ -64,6 +65,17 @@ def test_notes_match_the_world_after_random_play():
                     assert sorted(memory.contents[name]) == sorted(truth), (scene.task.task_id, name, observations)
             holding = "" if state.holding == NOTHING else scene.objects[state.holding]
             assert memory.holding == holding
+            assert memory.at == ("" if state.loc == NOWHERE else layout.receptacles[state.loc])
+            goal_words = set(scene.task.goal.rstrip(".").split())
+            wanted = sorted((obj, place) for place in memory.contents for obj in memory.contents[place]
+                            if obj.rsplit(" ", 1)[0] in goal_words)
+            assert sorted(memory.task_objects()) == wanted and wanted == sorted(set(wanted))
+            seen_line = memory.lines()[1]
+            assert seen_line == "Task objects seen: " + (", ".join(
+                f"{memory._described(o)} {'here' if p == memory.at else 'at ' + p}" for o, p in memory.task_objects())
+                or "none yet")
+            seen_task_objects += bool(wanted)
+            here += any(p == memory.at for _, p in wanted)
             for obj, words in memory.states.items():
                 o = scene.obj_index[obj]
                 assert set(words) == {word for bit, word in _WORDS if state.flags[o] & bit}
@@ -71,6 +83,7 @@ def test_notes_match_the_world_after_random_play():
             processed += bool(memory.states)
             checked += 1
     assert checked > 3000 and took > 300 and processed > 30  # the interesting cases really happened
+    assert seen_task_objects > 300 and here > 100
 
 
 def test_alfworld_phrasing():
@@ -87,18 +100,24 @@ def test_alfworld_phrasing():
     assert memory.places == ["cabinet 1", "countertop 1", "fridge 1"]  # no "loc 5"
     assert memory.lines() == [
         "Holding: tomato 1 (cool)",
+        "Task objects seen: none yet",
         "Searched: countertop 1 (apple 1, egg 2), fridge 1",
         "Not searched yet: cabinet 1",
     ]
     memory.observe("You put the tomato 1 in/on the fridge 1.")
     memory.observe("You heat the egg 2 using the microwave 1.")  # states follow the object, not the hand
-    assert memory.lines()[:2] == ["Holding: nothing", "Searched: countertop 1 (apple 1, egg 2 (hot)), fridge 1 (tomato 1 (cool))"]
+    assert memory.lines()[:3] == ["Holding: nothing", "Task objects seen: tomato 1 (cool) at fridge 1",
+                                  "Searched: countertop 1 (apple 1, egg 2 (hot)), fridge 1 (tomato 1 (cool))"]
+    memory.observe("You arrive at loc 3. On the countertop 1, you see a apple 1, a egg 2, and a tomato 2.")
+    assert memory.at == "countertop 1"  # older ALFWorld names the place only in the listing
+    assert memory.lines()[1] == "Task objects seen: tomato 2 here, tomato 1 (cool) at fridge 1"
 
 
 def test_notes_come_only_from_what_the_agent_was_shown():
     """Every name in the notes appears in an observation or a candidate: nothing else can enter."""
     memory = household_memory(["You arrive at drawer 3. The drawer 3 is closed."], ["go to shelf 2", "open drawer 3"])
-    assert memory.lines() == ["Holding: nothing", "Searched: nothing yet", "Not searched yet: drawer 3, shelf 2"]
+    assert memory.lines() == ["Holding: nothing", "Task objects seen: none yet", "Searched: nothing yet",
+                              "Not searched yet: drawer 3, shelf 2"]
     assert is_move_candidate("go to shelf 2") and not is_move_candidate("open drawer 3")
 
 
@@ -113,6 +132,7 @@ def test_household_prompt_folds_the_whole_history_and_shows_the_window():
                            history_window=1)[1]["content"]
     assert user == ("Your task is: put a keychain in sofa.\n"
                     "Holding: nothing\n"
+                    "Task objects seen: keychain 1 at shelf 1\n"
                     "Searched: shelf 1 (keychain 1), drawer 1\n"
                     "Not searched yet: sofa 1\n"
                     "History:\n"
