@@ -126,8 +126,8 @@ class ServiceHost:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
-        # Poll, never block forever: a signal that lands just before the main thread enters an untimed
-        # lock wait only runs its Python handler at the next bytecode, which an untimed wait never reaches
+        # Poll, never block forever: when the kernel hands the signal to another thread, CPython runs the
+        # Python handler on the main thread at its next bytecode, which an untimed wait never reaches
         # (seen as a SIGTERM ignored about one time in eight). A timed wait returns to bytecode each tick.
         while not self._stopped.wait(timeout=_SIGNAL_POLL_S):
             pass

@@ -180,7 +180,7 @@ def household_memory(observations: Sequence[str], candidates: Sequence[str], goa
     """
     memory = HouseholdMemory()
     if goal.strip():
-        memory.set_goal(_GOAL.sub(lambda m: m.group("goal"), goal.strip()))
+        memory.set_goal(goal)
     for text in observations:
         memory.observe(text)
     memory.add_places(match.group("place").strip() for match in map(_GO.match, candidates) if match)

@@ -156,14 +156,15 @@ def render_messages(
     module = template.make_module()
     system = module.system(spec.role, spec.action_format) if spec.action_format else module.system(spec.role)
     candidates = [_clean(c) for c in candidates]
+    goal = _GOAL_PREFIX.sub("", _clean(goal))
     notes: list[str] = []
     if spec.notes:
         memory = household_memory([_clean(t.observation) for t in turns] + [_clean(observation)], candidates,
-                                  goal=_GOAL_PREFIX.sub("", _clean(goal)))
+                                  goal=goal)
         notes = memory.lines()
         candidates = [c for c in candidates if not is_move_candidate(c)]
     user = module.user(
-        _GOAL_PREFIX.sub("", _clean(goal)),
+        goal,
         [HistoryTurn(_clean(t.observation), _clean(t.action)) for t in shown],
         _clean(observation),
         candidates,

@@ -146,4 +146,3 @@ def test_sigterm_received_by_a_worker_thread_still_stops_the_server(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-
