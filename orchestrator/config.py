@@ -30,6 +30,9 @@ class EnvironmentConfig:
     rollout_tasks: int = 100      # training tasks rolled out per LEAP iteration
     demo_offset: int = 0          # index of the first demo task in the train split
     rollout_offset: int = 1000    # index of the first rollout task (disjoint from the demos)
+    #: Backend options of the environment server that `leap run` starts (`leap env serve -o KEY=VALUE`),
+    #: e.g. {games: /data/alfworld/json_2.1.1} for alfworld. Ignored when `address` is set.
+    options: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +109,12 @@ class RunConfig:
             problems.append("environment.eval_tasks and demo_tasks must be >= 1")
         if self.concurrency < 1:
             problems.append("concurrency must be >= 1")
+        options = self.environment.options
+        if not isinstance(options, dict) or not all(
+                isinstance(k, str) and k and "=" not in k and isinstance(v, (str, int, float, bool))
+                for k, v in options.items()):
+            problems.append("environment.options must map option names (text without '=') to values, "
+                            "e.g. {games: /data/alfworld}")
         if problems:
             raise ValueError("invalid run config: " + "; ".join(problems))
 

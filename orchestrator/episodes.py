@@ -189,23 +189,28 @@ def run_parallel(fn: Callable[[int], object], count: int, concurrency: int,
     return [o for o in outcomes if o is not None]
 
 
-def summarize(trajectories: Iterable[common_pb2.Trajectory]) -> dict:
-    """Success %, mean score, mean steps, invalid-action rate, overall and per task type."""
+def summarize(trajectories: Iterable[common_pb2.Trajectory], errors: int = 0) -> dict:
+    """Success %, mean score, mean steps, invalid-action rate, overall and per task type.
+
+    `errors` episodes could not be played (an RPC failed after its retry): they count in the overall
+    block as failures with score 0 (never dropped), and are reported as `errors`. They have no
+    trajectory, so the per-task-type blocks count played episodes only."""
     trajectories = list(trajectories)
 
-    def block(items: list[common_pb2.Trajectory]) -> dict:
-        n = len(items)
+    def block(items: list[common_pb2.Trajectory], failed: int = 0) -> dict:
+        n = len(items) + failed
         steps = sum(len(t.steps) for t in items)
         invalid = sum(1 for t in items for s in t.steps if not s.action_valid)
         return {
             "episodes": n,
+            "errors": failed,
             "success": 100.0 * sum(t.won for t in items) / n if n else 0.0,
             "score": sum(t.score for t in items) / n if n else 0.0,
-            "mean_steps": steps / n if n else 0.0,
+            "mean_steps": steps / len(items) if items else 0.0,
             "invalid_action_rate": invalid / steps if steps else 0.0,
         }
 
     by_type: dict[str, list] = {}
     for t in trajectories:
         by_type.setdefault(t.task_type or "all", []).append(t)
-    return {"overall": block(trajectories), "by_task_type": {k: block(v) for k, v in sorted(by_type.items())}}
+    return {"overall": block(trajectories, errors), "by_task_type": {k: block(v) for k, v in sorted(by_type.items())}}

@@ -72,8 +72,10 @@ class LocalServices:
             "trainer": config.trainer.address,
         }
         if not self.addresses["environment"]:
-            self._spawn("environment", ["env", "serve", "--env", config.environment.name, *common],
-                        privileged_env)
+            env = config.environment
+            options = [arg for key, value in sorted(env.options.items())
+                       for arg in ("--env-option", f"{env.name}:{key}={value}")]
+            self._spawn("environment", ["env", "serve", "--env", env.name, *options, *common], privileged_env)
         if not self.addresses["student"]:
             s = config.student
             self._spawn("student", ["student", "serve", "--model", s.model, "--device", s.device, "--dtype", s.dtype,

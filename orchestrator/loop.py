@@ -96,6 +96,7 @@ class LeapRun:
             self.state.values["run_id"] = secrets.token_hex(4)
             self.state.save()
         self.env = self.config.environment.name
+        self._env_info: environment_pb2.EnvironmentInfo | None = None
 
     # ---------------------------------------------------------------- setup
     @staticmethod
@@ -144,6 +145,7 @@ class LeapRun:
 
     # ---------------------------------------------------------------- driver
     def run(self) -> dict:
+        self._environment()
         self._check_student_capabilities()
         if not (self.run_dir / "manifest.json").exists():
             self.write_manifest()
@@ -223,15 +225,18 @@ class LeapRun:
             settings = self._settings(self.config.student.eval_temperature, self.config.seed, version)
             trajectories, errors = self._play(f"{label}: evaluate on {split}", tasks, settings)
             path = ds.write_trajectories(self.run_dir / "trajectories" / f"{label}-eval-{split}.jsonl", trajectories)
-            metrics[split] = summarize(trajectories) | {"errors": errors, "trajectories": str(path)}
+            metrics[split] = summarize(trajectories, len(errors)) | {"errors": errors, "trajectories": str(path)}
         atomic_write_json(self.run_dir / "metrics" / f"{label}.json", {"label": label, "adapter": version,
                                                                       "splits": metrics})
         return {"metrics_file": str(self.run_dir / "metrics" / f"{label}.json")}
 
     def _evaluate_experts(self) -> dict:
         out = {}
+        offered = self._experts()
         for label, expert in (("searching_expert", environment_pb2.EXPERT_KIND_SEARCHER),
                               ("privileged_planner", environment_pb2.EXPERT_KIND_PLANNER)):
+            if expert not in offered:
+                continue
             metrics = {}
             for split in self.config.environment.eval_splits:
                 tasks = self._eval_tasks(split)
@@ -240,18 +245,52 @@ class LeapRun:
                         lambda k: demonstrate(self.stubs, tasks[k], expert, self.config.environment.horizon, False),
                         len(tasks), self.config.concurrency, lambda _o: bar.advance(1))
                 trajectories = [o.value for o in outcomes if o.value is not None]
-                metrics[split] = summarize(trajectories)
+                errors = [{"task_id": tasks[o.index].task_id, "error": o.error} for o in outcomes if o.value is None]
+                metrics[split] = summarize(trajectories, len(errors)) | {"errors": errors}
             atomic_write_json(self.run_dir / "metrics" / f"{label}.json", {"label": label, "splits": metrics})
             out[f"{label}_file"] = str(self.run_dir / "metrics" / f"{label}.json")
         return out
+
+    def _environment(self) -> environment_pb2.EnvironmentInfo:
+        """What the environment server says about the configured environment (asked once per process)."""
+        if self._env_info is None:
+            served = self.stubs.env.ListEnvironments(environment_pb2.ListEnvironmentsRequest(), timeout=30)
+            for info in served.environments:
+                if info.name == self.env:
+                    self._env_info = info
+                    break
+            else:
+                raise ConfigMismatch(
+                    f"environment.name is {self.env!r}, but the environment server at "
+                    f"{self.stubs.addresses.get('environment')} serves: "
+                    f"{', '.join(e.name for e in served.environments) or 'nothing'}")
+        return self._env_info
+
+    def _experts(self) -> set[int]:
+        """The expert kinds the environment offers (all three from a server too old to say)."""
+        return set(self._environment().experts) or {environment_pb2.EXPERT_KIND_SEARCHER,
+                                                    environment_pb2.EXPERT_KIND_PRIOR_SEARCHER,
+                                                    environment_pb2.EXPERT_KIND_PLANNER}
+
+    def demonstration_expert(self) -> int:
+        """BC imitates LEAP's searching expert (it uses only what the agent observed); environments
+        without one (InterCode Bash: the gold command is the only expert) are demonstrated by the planner."""
+        offered = self._experts()
+        if environment_pb2.EXPERT_KIND_SEARCHER in offered:
+            return environment_pb2.EXPERT_KIND_SEARCHER
+        if environment_pb2.EXPERT_KIND_PLANNER in offered:
+            return environment_pb2.EXPERT_KIND_PLANNER
+        raise ConfigMismatch(f"environment {self.env!r} offers neither a searcher nor a planner expert, so "
+                             "there is nothing to demonstrate for behaviour cloning")
 
     # ---------------------------------------------------------------- iteration 0 (BC)
     def _demos(self) -> dict:
         e = self.config.environment
         tasks = list_task_refs(self.stubs, self.env, e.train_split, e.demo_offset, e.demo_tasks)
+        expert = self.demonstration_expert()
         with self.reporter.phase("iter0: expert demonstrations + teacher reasons", len(tasks)) as bar:
             outcomes = run_parallel(
-                lambda k: demonstrate(self.stubs, tasks[k], environment_pb2.EXPERT_KIND_SEARCHER, e.demo_horizon, True),
+                lambda k: demonstrate(self.stubs, tasks[k], expert, e.demo_horizon, True),
                 len(tasks), self.config.concurrency, lambda _o: bar.advance(1))
         # BC imitates successful demonstrations only.
         demos = [o.value for o in outcomes if o.value is not None and o.value.won]

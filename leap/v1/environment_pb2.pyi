@@ -24,7 +24,7 @@ class ListEnvironmentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class EnvironmentInfo(_message.Message):
-    __slots__ = ("name", "description", "splits", "action_space", "default_horizon", "version", "task_types")
+    __slots__ = ("name", "description", "splits", "action_space", "default_horizon", "version", "task_types", "experts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SPLITS_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +32,7 @@ class EnvironmentInfo(_message.Message):
     DEFAULT_HORIZON_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     TASK_TYPES_FIELD_NUMBER: _ClassVar[int]
+    EXPERTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     splits: _containers.RepeatedScalarFieldContainer[str]
@@ -39,7 +40,8 @@ class EnvironmentInfo(_message.Message):
     default_horizon: int
     version: str
     task_types: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., splits: _Optional[_Iterable[str]] = ..., action_space: _Optional[_Union[_common_pb2.ActionSpace, str]] = ..., default_horizon: _Optional[int] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ...) -> None: ...
+    experts: _containers.RepeatedScalarFieldContainer[ExpertKind]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., splits: _Optional[_Iterable[str]] = ..., action_space: _Optional[_Union[_common_pb2.ActionSpace, str]] = ..., default_horizon: _Optional[int] = ..., version: _Optional[str] = ..., task_types: _Optional[_Iterable[str]] = ..., experts: _Optional[_Iterable[_Union[ExpertKind, str]]] = ...) -> None: ...
 
 class ListEnvironmentsResponse(_message.Message):
     __slots__ = ("environments",)
@@ -175,7 +177,7 @@ class PrivilegedStateRequest(_message.Message):
     def __init__(self, task: _Optional[_Union[_common_pb2.TaskRef, _Mapping]] = ..., actions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PrivilegedState(_message.Message):
-    __slots__ = ("task", "goal", "task_type", "essential_objects", "critical_locations", "optimal_actions", "facts", "secrets", "goal_record_json", "gold_command", "gold_output", "extra")
+    __slots__ = ("task", "goal", "task_type", "essential_objects", "critical_locations", "optimal_actions", "facts", "secrets", "goal_record_json", "gold_command", "gold_output", "extra", "experts")
     class ExtraEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -195,6 +197,7 @@ class PrivilegedState(_message.Message):
     GOLD_COMMAND_FIELD_NUMBER: _ClassVar[int]
     GOLD_OUTPUT_FIELD_NUMBER: _ClassVar[int]
     EXTRA_FIELD_NUMBER: _ClassVar[int]
+    EXPERTS_FIELD_NUMBER: _ClassVar[int]
     task: _common_pb2.TaskRef
     goal: str
     task_type: str
@@ -207,7 +210,8 @@ class PrivilegedState(_message.Message):
     gold_command: str
     gold_output: str
     extra: _containers.ScalarMap[str, str]
-    def __init__(self, task: _Optional[_Union[_common_pb2.TaskRef, _Mapping]] = ..., goal: _Optional[str] = ..., task_type: _Optional[str] = ..., essential_objects: _Optional[_Iterable[str]] = ..., critical_locations: _Optional[_Iterable[str]] = ..., optimal_actions: _Optional[_Iterable[str]] = ..., facts: _Optional[_Iterable[str]] = ..., secrets: _Optional[_Iterable[str]] = ..., goal_record_json: _Optional[str] = ..., gold_command: _Optional[str] = ..., gold_output: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    experts: _containers.RepeatedScalarFieldContainer[ExpertKind]
+    def __init__(self, task: _Optional[_Union[_common_pb2.TaskRef, _Mapping]] = ..., goal: _Optional[str] = ..., task_type: _Optional[str] = ..., essential_objects: _Optional[_Iterable[str]] = ..., critical_locations: _Optional[_Iterable[str]] = ..., optimal_actions: _Optional[_Iterable[str]] = ..., facts: _Optional[_Iterable[str]] = ..., secrets: _Optional[_Iterable[str]] = ..., goal_record_json: _Optional[str] = ..., gold_command: _Optional[str] = ..., gold_output: _Optional[str] = ..., extra: _Optional[_Mapping[str, str]] = ..., experts: _Optional[_Iterable[_Union[ExpertKind, str]]] = ...) -> None: ...
 
 class ExpertActionsRequest(_message.Message):
     __slots__ = ("task", "actions", "expert")

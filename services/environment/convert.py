@@ -39,11 +39,16 @@ def expert_name(kind: int) -> str:
     return EXPERT_NAMES.get(kind, "")
 
 
+def expert_kinds(names) -> list[int]:
+    """ExpertKind numbers of expert names, in the given order (unknown names are skipped)."""
+    return [EXPERT_KINDS[name] for name in names if name in EXPERT_KINDS]
+
+
 def environment_info(spec: EnvironmentSpec) -> pb.EnvironmentInfo:
     return pb.EnvironmentInfo(name=spec.name, description=spec.description, splits=list(spec.splits),
                               action_space=ACTION_SPACE.get(spec.action_space, common_pb2.ACTION_SPACE_UNSPECIFIED),
                               default_horizon=spec.default_horizon, version=spec.version,
-                              task_types=list(spec.task_types))
+                              task_types=list(spec.task_types), experts=expert_kinds(spec.experts))
 
 
 def task_ref(env: str, task: TaskSummary) -> common_pb2.TaskRef:
@@ -61,8 +66,9 @@ def observation(obs: Observation) -> pb.Observation:
                           info=dict(obs.info))
 
 
-def privileged_state(env: str, info: PrivilegedInfo) -> pb.PrivilegedState:
+def privileged_state(env: str, info: PrivilegedInfo, experts=()) -> pb.PrivilegedState:
     return pb.PrivilegedState(
+        experts=expert_kinds(experts),
         task=task_ref(env, info.task), goal=info.task.goal, task_type=info.task.task_type,
         essential_objects=list(info.essential_objects), critical_locations=list(info.critical_locations),
         optimal_actions=list(info.optimal_actions), facts=list(info.facts), secrets=list(info.secrets),

@@ -93,7 +93,7 @@ class PrivilegedServicer(pb_grpc.PrivilegedServiceServicer):
     def GetPrivilegedState(self, request, context):
         task = request.task
         info = self.oracle.privileged_state(task.env, task.task_id, task.split, list(request.actions))
-        return convert.privileged_state(task.env, info)
+        return convert.privileged_state(task.env, info, self.oracle.experts(task.env))
 
     def GetExpertActions(self, request, context):
         task = request.task

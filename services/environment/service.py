@@ -363,6 +363,10 @@ class PrivilegedOracle:
     def __init__(self, backends: Mapping[str, Backend]):
         self.backends = _Backends(backends)
 
+    def experts(self, env: str) -> tuple[str, ...]:
+        """The expert kinds a served environment offers (NotFound for an environment not served)."""
+        return self.backends.get(env).spec().experts
+
     def privileged_state(self, env: str, task_id: str, split: str = "",
                          actions: Sequence[str | bytes] = ()) -> PrivilegedInfo:
         backend, task = self.backends.task(env, task_id, split)

@@ -56,6 +56,13 @@ _HOUSEHOLD = EnvPromptSpec(
     notes=True,
 )
 
+_BASH = EnvPromptSpec(
+    template="generic.j2",
+    role="You are an agent that completes tasks in a Linux bash shell.",
+    action_format="The action is one bash command on a single line, or submit when the task is done.",
+    free_form=(r".+",),
+)
+
 ENV_SPECS: dict[str, EnvPromptSpec] = {
     "household": _HOUSEHOLD,
     "alfworld": _HOUSEHOLD,
@@ -64,12 +71,8 @@ ENV_SPECS: dict[str, EnvPromptSpec] = {
         role="You are an agent playing a text adventure game.",
         action_format="The action is one command from the candidate actions.",
     ),
-    "bash": EnvPromptSpec(
-        template="generic.j2",
-        role="You are an agent that completes tasks in a Linux bash shell.",
-        action_format="The action is one bash command on a single line.",
-        free_form=(r".+",),
-    ),
+    "intercode_bash": _BASH,
+    "bash": _BASH,
     "webshop": EnvPromptSpec(
         template="generic.j2",
         role="You are a web shopping agent.",

@@ -15,6 +15,11 @@ PLANNER and half from PRIOR_SEARCHER. The choice depends only on the task and th
 is the same on every machine, in every process and on every retry, and a policy that follows the
 teacher from step t on keeps choosing the same way.
 
+An environment that lacks an anchor's expert (ListEnvironments / PrivilegedState `experts`) keeps the
+others at their places, and levels are placed between the anchors it has: with a searcher and a
+planner only (no prior searcher), level 50 takes half its steps from each; with a planner only, every
+level is corrected by the planner (its reasons are still leak-checked below 75).
+
 Reasons at levels below 75 must not reveal any privileged fact the student has not observed (the
 service refuses such a correction); at 75 and 100 they may.
 """
@@ -24,7 +29,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from services.runtime.errors import InvalidArgument
+from typing import Iterable
+
+from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 LEVELS: tuple[int, ...] = (0, 25, 50, 75, 100)
 DEFAULT_LEVEL = 50
@@ -66,14 +73,32 @@ class ExpertChoice:
     fraction: float
 
 
-def expert_for_step(level: int, env: str, task_id: str, t: int) -> ExpertChoice:
-    """The expert whose next action is the correction of step t of task (env, task_id) at `level`."""
+def anchors_for(available: Iterable[str] = ()) -> tuple[tuple[int, str], ...]:
+    """The anchors of the axis whose experts are available (all of them when `available` is empty:
+    an environment that does not say which experts it has)."""
+    available = set(available)
+    if not available:
+        return _ANCHORS
+    kept = tuple((level, expert) for level, expert in _ANCHORS if expert in available)
+    if not kept:
+        raise FailedPrecondition(
+            f"the environment offers none of the oracle teacher's experts ({', '.join(e for _l, e in _ANCHORS)}); "
+            f"it offers: {', '.join(sorted(available))}")
+    return kept
+
+
+def expert_for_step(level: int, env: str, task_id: str, t: int, available: Iterable[str] = ()) -> ExpertChoice:
+    """The expert whose next action is the correction of step t of task (env, task_id) at `level`,
+    among the `available` experts of the environment (empty: all three)."""
     check_level(level)
+    anchors = anchors_for(available)
     fraction = step_fraction(env, task_id, t)
-    for (low_level, low), (high_level, high) in zip(_ANCHORS, _ANCHORS[1:]):
+    if level <= anchors[0][0]:
+        return ExpertChoice(anchors[0][1], level, fraction)
+    for (low_level, low), (high_level, high) in zip(anchors, anchors[1:]):
         if level == low_level:
             return ExpertChoice(low, level, fraction)
         if low_level < level < high_level:
             share_of_upper = (level - low_level) / (high_level - low_level)
             return ExpertChoice(high if fraction < share_of_upper else low, level, fraction)
-    return ExpertChoice(_ANCHORS[-1][1], level, fraction)
+    return ExpertChoice(anchors[-1][1], level, fraction)

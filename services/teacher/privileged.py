@@ -35,6 +35,12 @@ EXPERT_KINDS = {
     PRIOR_SEARCHER: env_pb.EXPERT_KIND_PRIOR_SEARCHER,
     PLANNER: env_pb.EXPERT_KIND_PLANNER,
 }
+EXPERT_NAMES = {kind: name for name, kind in EXPERT_KINDS.items()}
+
+
+def offered_experts(state: env_pb.PrivilegedState) -> tuple[str, ...]:
+    """The expert names the environment of a privileged state offers (empty: it did not say)."""
+    return tuple(EXPERT_NAMES[kind] for kind in state.experts if kind in EXPERT_NAMES)
 
 
 class PrivilegedSource(Protocol):

@@ -222,3 +222,81 @@ def test_progress_outside_a_terminal_prints_plain_lines():
     assert lines[4].startswith("baseline: evaluate on valid_unseen: done, 3/3  success 2%  ")
     assert lines[-1].startswith("iter0: train (sft): done, 5/10  loss 1.234  ")
     assert "\x1b[" not in out.getvalue()  # no terminal escapes in a log file
+
+
+def test_errored_episodes_count_as_failures_never_dropped():
+    s = summarize([_traj(True, 4), _traj(True, 6)], errors=2)
+    assert s["overall"]["episodes"] == 4 and s["overall"]["errors"] == 2
+    assert s["overall"]["success"] == 50.0 and s["overall"]["score"] == 0.5
+    assert s["overall"]["mean_steps"] == 5.0  # over the played episodes
+    assert summarize([], errors=3)["overall"]["success"] == 0.0
+
+
+class _ListEnvironmentsOnly:
+    """An environment stub that answers ListEnvironments with the given infos."""
+
+    def __init__(self, *infos):
+        from leap.v1 import environment_pb2
+
+        self.response = environment_pb2.ListEnvironmentsResponse(environments=list(infos))
+
+    def ListEnvironments(self, request, timeout=None):
+        return self.response
+
+
+def _run_with_environment(tmp_path, name, infos):
+    from types import SimpleNamespace
+
+    from orchestrator.progress import ProgressReporter
+
+    config = load_config(preset="smoke", overrides={"environment": {"name": name}})
+    stubs = SimpleNamespace(env=_ListEnvironmentsOnly(*infos), addresses={"environment": "127.0.0.1:1"})
+    return LeapRun(config, tmp_path / "run", stubs, ProgressReporter(enabled=False))
+
+
+def test_demonstrations_follow_the_experts_the_environment_offers(tmp_path):
+    from leap.v1 import environment_pb2 as env_pb
+
+    info = lambda name, *experts: env_pb.EnvironmentInfo(name=name, experts=list(experts))  # noqa: E731
+    searcher_and_planner = _run_with_environment(
+        tmp_path / "a", "webshop", [info("webshop", env_pb.EXPERT_KIND_PLANNER, env_pb.EXPERT_KIND_SEARCHER)])
+    assert searcher_and_planner.demonstration_expert() == env_pb.EXPERT_KIND_SEARCHER
+    planner_only = _run_with_environment(tmp_path / "b", "intercode_bash",
+                                         [info("household"), info("intercode_bash", env_pb.EXPERT_KIND_PLANNER)])
+    assert planner_only.demonstration_expert() == env_pb.EXPERT_KIND_PLANNER
+    # A server too old to list its experts: LEAP's searching expert, as before the field existed.
+    legacy = _run_with_environment(tmp_path / "c", "household", [info("household")])
+    assert legacy.demonstration_expert() == env_pb.EXPERT_KIND_SEARCHER
+    tutor_only = _run_with_environment(tmp_path / "d", "odd", [info("odd", env_pb.EXPERT_KIND_PRIOR_SEARCHER)])
+    with pytest.raises(Exception, match="neither a searcher nor a planner"):
+        tutor_only.demonstration_expert()
+
+
+def test_a_run_on_an_environment_the_server_does_not_serve_stops_with_the_names(tmp_path):
+    from leap.v1 import environment_pb2 as env_pb
+
+    leap = _run_with_environment(tmp_path, "webshop", [env_pb.EnvironmentInfo(name="household")])
+    with pytest.raises(Exception, match="'webshop', but the environment server at 127.0.0.1:1 serves: household"):
+        leap.demonstration_expert()
+
+
+def test_environment_options_reach_the_environment_server_command_line(tmp_path, monkeypatch):
+    from orchestrator.launcher import LocalServices
+
+    config = load_config(preset="smoke", overrides={"environment": {"name": "alfworld",
+                                                                    "options": {"games": "/data/json_2.1.1"}}})
+    launcher = LocalServices(tmp_path)
+    spawned = {}
+    monkeypatch.setattr(launcher, "_spawn", lambda name, args, env: spawned.setdefault(name, args))
+    class Stop(Exception):
+        pass
+
+    def stop(names, timeout):
+        raise Stop
+
+    monkeypatch.setattr(launcher, "_wait_ports", stop)
+    with pytest.raises(Stop):
+        launcher.start(config)
+    args = spawned["environment"]
+    assert args[:3] == ["env", "serve", "--env"] and args[3] == "alfworld"
+    assert args[4:6] == ["--env-option", "alfworld:games=/data/json_2.1.1"]

@@ -7,16 +7,8 @@ import json
 import pytest
 
 from services.runtime.errors import InvalidArgument, NotFound
-from services.teacher.actions import (
-    INVALID,
-    REPEATED,
-    WASTED_SEARCH,
-    WRONG_OBJECT,
-    find_mistakes,
-    legality_error,
-    normalize_action,
-    parse_action,
-)
+from services.teacher.actions import INVALID, REPEATED, WASTED_SEARCH, WRONG_OBJECT, legality_error, normalize_action
+from services.teacher.profiles.household import find_mistakes, parse_action
 from services.teacher.backends.llm import LlmSettings, LlmTeacher, Pricing
 from services.teacher.backends.oracle import OracleTeacher
 from services.teacher.leak import SecretIndex

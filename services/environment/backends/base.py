@@ -14,6 +14,34 @@ What the interface allows beyond candidate lists:
 
 Backends raise services.runtime.errors (NotFound naming the valid choices, InvalidArgument, ...),
 never transport errors.
+
+What a new backend must provide for a whole LEAP run (nothing else in the four services changes):
+
+1. `spec()`: its name, splits (at least `train` for demonstrations and rollouts and `valid_unseen`
+   for evaluation, disjoint), action space, default horizon, engine version, task types, and
+   `experts`: the expert kinds it serves. LEAP takes BC demonstrations from the searcher when there
+   is one, else from the planner; the oracle teacher places its realizability levels on the experts
+   listed (services.teacher.levels), so a planner alone is enough.
+2. Tasks and episodes: `num_tasks`, `list_tasks` (stable order), `task` (strict id parsing: hostile
+   ids are InvalidArgument or NotFound, never a crash), `start` -> an Episode whose observations
+   carry no privileged fact (the goal text, observation text, candidates and `info` are all shown
+   to the student).
+3. Privileged side, replayed: `privileged_state(task_id, actions)` and `expert_advice(task_id,
+   actions, expert)` for ANY prefix of actions, invalid ones included, deterministically from the
+   task's initial state; the oracle teacher calls them at every step of a student's trajectory.
+   `PrivilegedInfo.secrets` lists the short strings the agent has not observed after those actions
+   (the teacher refuses reasons that name them below realizability 75); `ExpertAdvice.rationale`
+   explains the next action as the agent's own thought without naming a secret (it becomes the
+   reason the student learns to write).
+4. `demonstration(task_id, expert, horizon)`: a whole expert episode (BC data and the reference rows
+   of the results table).
+5. Registration: one line in backends/__init__.py (`_REGISTRY`), imported only when served.
+
+Optional: a student prompt spec (services/student/prompts.py ENV_SPECS: role sentence and action
+format; the generic one fits any environment), teacher templates (services/teacher/templates/oracle/
+<name>/ and llm/<name>/, falling back to default/), and a teacher profile when the environment's
+grammar lets the teacher name more kinds of mistakes than invalid and repeated actions
+(services/teacher/profiles/).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The LLM teacher: a privileged prompt, one JSON answer per trajectory, validation and retries.
 
-One call per trajectory. The prompt (templates/llm/<env>/, falling back to templates/llm/default/)
+One call per trajectory. The prompt (templates/llm/<env>/, then the family of the environment's teacher
+profile, e.g. household for alfworld, then templates/llm/default/)
 shows the task, the privileged information the realizability level allows, and the student's
 trajectory; it asks for {"summary": str, "steps": [{"t", "reason", "action"}]}. The answer is parsed
 tolerantly and validated (services.teacher.validation). An invalid answer is sent back with the
@@ -18,7 +19,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
-from services.teacher import templates
+from services.teacher import profiles, templates
 from services.teacher.backends.base import AnnotationJob, CorrectionJob
 from services.teacher.backends.chat import ChatModel, ChatRejected
 from services.teacher.leak import SecretIndex
@@ -75,8 +76,8 @@ def _clip(text: str, limit: int) -> str:
 
 
 def template_for(env: str, name: str) -> str:
-    specific = f"llm/{env}/{name}.j2"
-    return specific if env and templates.exists(specific) else f"llm/default/{name}.j2"
+    """The LLM teacher's template `name` for an environment (its own, its profile family's, or default)."""
+    return profiles.template_for("llm", env, name)
 
 
 class LlmTeacher:

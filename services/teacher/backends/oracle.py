@@ -1,9 +1,11 @@
 """The oracle teacher: the environment's own experts choose, Jinja2 templates explain.
 
 At every step t of a trajectory the oracle asks the expert that the realizability level assigns to
-(task, t) for its next action after the student's own actions[:t] (on-policy, DAgger-style), and
-writes the reason from the expert's rationale and the templates in templates/oracle/. It is exact,
-free and deterministic: the teacher for CI and the upper bound for the LLM teacher.
+(task, t), among the experts the environment offers, for its next action after the student's own
+actions[:t] (on-policy, DAgger-style), and writes the reason from the expert's rationale and the
+templates of the environment's teacher profile (services.teacher.profiles: the household/ALFWorld
+grammar, or the generic profile every environment satisfies). It is exact, free and deterministic:
+the teacher for CI and the upper bound for the LLM teacher.
 """
 
 from __future__ import annotations
@@ -12,21 +14,11 @@ import logging
 
 from services.runtime.deadline import NO_DEADLINE
 from services.teacher import templates
-from services.teacher.actions import (
-    INVALID,
-    MISTAKE_KINDS,
-    REPEATED,
-    WASTED_SEARCH,
-    WRONG_OBJECT,
-    carried_object,
-    find_mistakes,
-    match_candidate,
-    parse_action,
-    same_action,
-)
+from services.teacher.actions import INVALID, MISTAKE_KINDS, REPEATED, WASTED_SEARCH, WRONG_OBJECT, match_candidate, same_action
 from services.teacher.backends.base import AnnotationJob, CorrectionJob
-from services.teacher.levels import PRIOR_SEARCHER, SEARCHER, expert_for_step, must_be_leak_free
-from services.teacher.privileged import PrivilegedSource
+from services.teacher.levels import PLANNER, PRIOR_SEARCHER, SEARCHER, expert_for_step, must_be_leak_free
+from services.teacher.privileged import PrivilegedSource, offered_experts
+from services.teacher.profiles import profile_for, template_for
 from services.teacher.types import AnnotationResult, CorrectedStep, CorrectionResult
 
 log = logging.getLogger("leap.teacher.oracle")
@@ -37,8 +29,9 @@ _GROUP_TITLES = {
     WRONG_OBJECT: "Wrong objects",
     WASTED_SEARCH: "Wasted search",
 }
-# Experts whose rationales explain an expert demonstration without privileged knowledge, in order.
-_REALIZABLE_EXPERTS = (SEARCHER, PRIOR_SEARCHER)
+# Experts whose rationales explain a demonstration, in order of preference: the realizable ones (they
+# use only what the agent observed), then the planner for environments that have no other.
+_ANNOTATING_EXPERTS = (SEARCHER, PRIOR_SEARCHER, PLANNER)
 
 
 class OracleTeacher:
@@ -46,26 +39,38 @@ class OracleTeacher:
     model = "environment-experts"
 
     @staticmethod
-    def advise(task, actions, level: int, source: PrivilegedSource, *, deadline=NO_DEADLINE):
-        """The oracle's policy: (expert choice, expert reply) for the state after `actions` at `level`.
+    def advise(task, actions, level: int, source: PrivilegedSource, *, available=(), deadline=NO_DEADLINE):
+        """The oracle's policy: (expert choice, expert reply) for the state after `actions` at `level`,
+        among the `available` experts of the environment (empty: all).
 
         Following it from any state is what the oracle teaches; tests roll it out to check that it wins."""
-        choice = expert_for_step(level, task.env, task.task_id, len(actions))
+        choice = expert_for_step(level, task.env, task.task_id, len(actions), available)
         return choice, source.expert(task, list(actions), choice.expert, deadline=deadline)
+
+    @staticmethod
+    def _reason(job_env: str, steps, t: int, action: str, student_action: str, **context) -> str:
+        profile = profile_for(job_env)
+        return templates.render_prose(
+            template_for("oracle", job_env, "reason"),
+            action_text=action, student_action=student_action,
+            **(context | profile.reason_context(steps, t, action, student_action)),
+        )
 
     def correct(self, job: CorrectionJob, source: PrivilegedSource) -> CorrectionResult:
         trajectory = job.trajectory
         task = trajectory.task
         steps = list(trajectory.steps)
         actions = [step.action for step in steps]
-        mistakes = find_mistakes(trajectory, job.privileged.essential_objects)
+        available = offered_experts(job.privileged)
+        mistakes = profile_for(task.env).find_mistakes(trajectory, job.privileged.essential_objects)
         first_mistake = {}
         for mistake in mistakes:
             first_mistake.setdefault(mistake.t, mistake.kind)
         corrected_steps: list[CorrectedStep] = []
         for t, step in enumerate(steps):
             job.deadline.check(f"the correction of step {t}")
-            choice, reply = self.advise(task, actions[:t], job.level, source, deadline=job.deadline)
+            choice, reply = self.advise(task, actions[:t], job.level, source, available=available,
+                                        deadline=job.deadline)
             if reply.already_won or not reply.next_action:
                 return CorrectionResult.failure(
                     self.name, job.level,
@@ -81,15 +86,11 @@ class OracleTeacher:
                     "environment version?)",
                 )
             is_corrected = not same_action(action, step.action)
-            reason = templates.render_prose(
-                "oracle/reason.j2",
-                action=parse_action(action),
-                student=parse_action(step.action),
-                student_action=step.action,
+            reason = self._reason(
+                task.env, steps, t, action, step.action,
                 corrected=is_corrected,
                 mistake=first_mistake.get(t, ""),
                 rationale=reply.rationale,
-                holding=carried_object(steps, t),
                 may_reveal=not must_be_leak_free(job.level),
                 goal=trajectory.goal,
             )
@@ -106,7 +107,7 @@ class OracleTeacher:
         trajectory = job.trajectory
         groups = [(kind, _GROUP_TITLES[kind], [m for m in mistakes if m.kind == kind]) for kind in MISTAKE_KINDS]
         return templates.render_prose(
-            "oracle/summary.j2",
+            template_for("oracle", trajectory.task.env, "summary"),
             goal=trajectory.goal or job.privileged.goal,
             steps=len(trajectory.steps),
             won=trajectory.won,
@@ -122,24 +123,26 @@ class OracleTeacher:
         task = demo.task
         steps = list(demo.steps)
         actions = [step.action for step in steps]
+        available = offered_experts(job.privileged)
+        experts = [e for e in _ANNOTATING_EXPERTS if not available or e in available]
+        # The planner explains only where no realizable expert exists: its rationales must then be
+        # written without hidden facts (the service's leak check holds every annotation to that).
+        if any(e != PLANNER for e in experts):
+            experts = [e for e in experts if e != PLANNER]
         reasons: list[str] = []
         for t, step in enumerate(steps):
             job.deadline.check(f"the annotation of step {t}")
             rationale = ""
-            for expert in _REALIZABLE_EXPERTS:
+            for expert in experts:
                 reply = source.expert(task, actions[:t], expert, deadline=job.deadline)
                 if reply.next_action and same_action(reply.next_action, step.action):
                     rationale = reply.rationale
                     break
-            reasons.append(templates.render_prose(
-                "oracle/reason.j2",
-                action=parse_action(step.action),
-                student=parse_action(step.action),
-                student_action=step.action,
+            reasons.append(self._reason(
+                task.env, steps, t, step.action, step.action,
                 corrected=False,
                 mistake="",
                 rationale=rationale,
-                holding=carried_object(steps, t),
                 may_reveal=False,
                 goal=demo.goal,
             ))
@@ -147,4 +150,3 @@ class OracleTeacher:
 
     def close(self) -> None:
         pass
-
