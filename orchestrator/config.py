@@ -8,6 +8,7 @@ elsewhere (another machine, a cluster).
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,48 @@ class RunConfig:
             raise ValueError("invalid run config: " + "; ".join(problems))
 
 
+def _typed(value: Any, kind: Any, key: str) -> Any:
+    """`value` as the field type `kind` (int, float, str, bool, list[str], dict[str, str]), or a
+    ValueError naming the key, the type it wants and what it got. An int is a float; nothing else is
+    converted (a YAML `eval_splits: valid_unseen` is a string, not a list of one split)."""
+    origin = typing.get_origin(kind)
+
+    def wrong(what: str):
+        return ValueError(f"config key {key} must be {what}; got {type(value).__name__} {value!r:.80}")
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("a whole number")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
+                float("inf"), float("-inf")):
+            raise wrong("a finite number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise wrong("text")
+        return value
+    if origin is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of text items, e.g. [a, b]")
+        return list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise wrong("a mapping")
+        return {str(k): v for k, v in value.items()}
+    return value
+
+
 def _merge(target, values: dict[str, Any], where: str) -> None:
+    if not isinstance(values, dict):
+        raise ValueError(f"config {where.rstrip('.') or 'file'} must be a mapping of keys to values")
     names = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
     for key, value in values.items():
         if key not in names:
             raise ValueError(f"unknown config key {where}{key!r}; valid keys: {', '.join(sorted(names))}")
@@ -130,7 +171,7 @@ def _merge(target, values: dict[str, Any], where: str) -> None:
                 raise ValueError(f"config key {where}{key} must be a mapping")
             _merge(current, value, f"{where}{key}.")
         else:
-            setattr(target, key, value)
+            setattr(target, key, _typed(value, hints[key], f"{where}{key}"))
 
 
 def preset_names() -> list[str]:

@@ -300,3 +300,27 @@ def test_environment_options_reach_the_environment_server_command_line(tmp_path,
     args = spawned["environment"]
     assert args[:3] == ["env", "serve", "--env"] and args[3] == "alfworld"
     assert args[4:6] == ["--env-option", "alfworld:games=/data/json_2.1.1"]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("environment:\n  eval_splits: valid_unseen\n", "environment.eval_splits must be a list of text items"),
+    ("environment:\n  eval_tasks: '50'\n", "environment.eval_tasks must be a whole number"),
+    ("environment:\n  eval_tasks: true\n", "environment.eval_tasks must be a whole number"),
+    ("trainer:\n  learning_rate: .nan\n", "trainer.learning_rate must be a finite number"),
+    ("trainer:\n  epochs: 1e400\n", "trainer.epochs must be a finite number"),
+    ("student:\n  constrain_action: 'yes'\n", "student.constrain_action must be true or false"),
+    ("student: 3\n", "config key student must be a mapping"),
+    ("- a\n- b\n", "must be a mapping"),
+])
+def test_config_types_are_checked_with_the_key_named(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_config(bad)
+
+
+def test_config_numbers_are_coerced_only_from_int_to_float(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("trainer:\n  epochs: 2\n  learning_rate: 0.001\n")
+    config = load_config(good)
+    assert config.trainer.epochs == 2.0 and isinstance(config.trainer.epochs, float)
