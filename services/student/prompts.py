@@ -75,9 +75,11 @@ ENV_SPECS: dict[str, EnvPromptSpec] = {
     "bash": _BASH,
     "webshop": EnvPromptSpec(
         template="generic.j2",
-        role="You are a web shopping agent.",
-        action_format="The action is search[keywords] or click[button], where button is one of the candidate actions' "
-                      "targets.",
+        role="You are a shopping agent on the WebShop website: find the product the instruction describes, choose "
+             "the options it names and buy it within the price limit.",
+        action_format="The action is search[keywords] on the search page, or one of the candidate actions "
+                      "click[...] (a product id, an option value, next >, < prev, back to search, description, "
+                      "features, reviews or buy now).",
         free_form=(r"search\[.+\]",),
     ),
 }

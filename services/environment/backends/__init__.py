@@ -40,6 +40,7 @@ _lock = threading.Lock()
 # name -> factory, or "module:attribute" naming one (imported on first use).
 _REGISTRY: dict[str, Union[str, Factory]] = {
     "household": "services.environment.backends.household:HouseholdBackend",
+    "webshop": "services.environment.backends.webshop:webshop_backend",
 }
 
 
