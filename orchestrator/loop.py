@@ -145,8 +145,8 @@ class LeapRun:
 
     # ---------------------------------------------------------------- driver
     def run(self) -> dict:
-        self._environment()
         self._check_student_capabilities()
+        self._environment()
         if not (self.run_dir / "manifest.json").exists():
             self.write_manifest()
         self._restore_adapter()
