@@ -7,7 +7,8 @@
     leap run | report                  (orchestrator.commands)
 
 Each group lives with its service and is imported only when used, so `leap env serve` never
-imports torch.
+imports torch. Every command ends an error with one line on stderr, never a traceback: exit code 2 for
+a bad input, 1 for another failure (services.runtime.cli).
 """
 
 from __future__ import annotations
@@ -61,10 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         # A group without a subcommand: print that group's help.
         parser.parse_args(argv + ["--help"])
         return 2
-    try:
-        return int(func(args) or 0)
-    except KeyboardInterrupt:
-        return 130
+    from services.runtime.cli import run_command
+
+    return run_command(lambda: func(args))
 
 
 if __name__ == "__main__":

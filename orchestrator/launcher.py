@@ -81,7 +81,9 @@ class LocalServices:
             self._spawn("student", ["student", "serve", "--model", s.model, "--device", s.device, "--dtype", s.dtype,
                                     "--max-batch-size", str(s.max_batch_size),
                                     "--max-prefill-rows", str(s.max_prefill_rows), "--max-wait-ms", str(s.max_wait_ms),
-                                    "--history-window", str(s.history_window), *common], {})
+                                    "--history-window", str(s.history_window),
+                                    # LoadAdapter reads only under the run: the trainer writes its checkpoints there.
+                                    "--adapters-root", str(self.run_dir), *common], {})
         if not start_trainer:
             del self.addresses["trainer"]
         elif not self.addresses["trainer"]:

@@ -282,7 +282,9 @@ class EnvironmentService:
 
 class PrivilegedServiceStub:
     """Teacher-only side of an environment. Every call needs the bearer token in the "authorization"
-    metadata ("Bearer <token>"): missing -> UNAUTHENTICATED, wrong -> PERMISSION_DENIED.
+    metadata ("Bearer <token>"): missing -> UNAUTHENTICATED, wrong -> PERMISSION_DENIED. The server
+    ignores whitespace around the token; a client must strip it too (a token read from a file usually
+    ends in a newline, and gRPC refuses a metadata value holding one before the call is sent).
     """
 
     def __init__(self, channel):
@@ -310,7 +312,9 @@ class PrivilegedServiceStub:
 
 class PrivilegedServiceServicer:
     """Teacher-only side of an environment. Every call needs the bearer token in the "authorization"
-    metadata ("Bearer <token>"): missing -> UNAUTHENTICATED, wrong -> PERMISSION_DENIED.
+    metadata ("Bearer <token>"): missing -> UNAUTHENTICATED, wrong -> PERMISSION_DENIED. The server
+    ignores whitespace around the token; a client must strip it too (a token read from a file usually
+    ends in a newline, and gRPC refuses a metadata value holding one before the call is sent).
     """
 
     def GetPrivilegedState(self, request, context):
@@ -362,7 +366,9 @@ def add_PrivilegedServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class PrivilegedService:
     """Teacher-only side of an environment. Every call needs the bearer token in the "authorization"
-    metadata ("Bearer <token>"): missing -> UNAUTHENTICATED, wrong -> PERMISSION_DENIED.
+    metadata ("Bearer <token>"): missing -> UNAUTHENTICATED, wrong -> PERMISSION_DENIED. The server
+    ignores whitespace around the token; a client must strip it too (a token read from a file usually
+    ends in a newline, and gRPC refuses a metadata value holding one before the call is sent).
     """
 
     @staticmethod

@@ -26,7 +26,7 @@ from leap.v1 import common_pb2 as leap_dot_v1_dot_common__pb2
 from leap.v1 import environment_pb2 as leap_dot_v1_dot_environment__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15leap/v1/teacher.proto\x12\x07leap.v1\x1a\x14leap/v1/common.proto\x1a\x19leap/v1/environment.proto\"Z\n\x11\x43orrectionOptions\x12\x1b\n\x13realizability_level\x18\x01 \x01(\x05\x12\x13\n\x0bmax_retries\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\"f\n\x0e\x43orrectRequest\x12\'\n\ntrajectory\x18\x01 \x01(\x0b\x32\x13.leap.v1.Trajectory\x12+\n\x07options\x18\x02 \x01(\x0b\x32\x1a.leap.v1.CorrectionOptions\"\x86\x01\n\rCorrectedStep\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x14\n\x0cis_corrected\x18\x04 \x01(\x08\x12\x17\n\x0foriginal_action\x18\x05 \x01(\t\x12\x17\n\x0foriginal_reason\x18\x06 \x01(\t\"Z\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x05\"\xbe\x01\n\nCorrection\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12%\n\x05steps\x18\x04 \x03(\x0b\x32\x16.leap.v1.CorrectedStep\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.leap.v1.Usage\x12\x0f\n\x07teacher\x18\x06 \x01(\t\x12\x1b\n\x13realizability_level\x18\x07 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\"=\n\x0f\x41nnotateRequest\x12*\n\rdemonstration\x18\x01 \x01(\x0b\x32\x13.leap.v1.Trajectory\"W\n\nAnnotation\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.leap.v1.Usage\"|\n\x12\x44\x65monstrateRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12#\n\x06\x65xpert\x18\x02 \x01(\x0e\x32\x13.leap.v1.ExpertKind\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x10\n\x08\x61nnotate\x18\x04 \x01(\x08\"\x17\n\x15GetTeacherInfoRequest\"^\n\x0bTeacherInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1c\n\x14realizability_levels\x18\x03 \x03(\x05\x12\x11\n\tmax_steps\x18\x04 \x01(\x05\x32\x8d\x02\n\x0eTeacherService\x12\x37\n\x07\x43orrect\x12\x17.leap.v1.CorrectRequest\x1a\x13.leap.v1.Correction\x12\x39\n\x08\x41nnotate\x12\x18.leap.v1.AnnotateRequest\x1a\x13.leap.v1.Annotation\x12?\n\x0b\x44\x65monstrate\x12\x1b.leap.v1.DemonstrateRequest\x1a\x13.leap.v1.Trajectory\x12\x46\n\x0eGetTeacherInfo\x12\x1e.leap.v1.GetTeacherInfoRequest\x1a\x14.leap.v1.TeacherInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15leap/v1/teacher.proto\x12\x07leap.v1\x1a\x14leap/v1/common.proto\x1a\x19leap/v1/environment.proto\"w\n\x11\x43orrectionOptions\x12 \n\x13realizability_level\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x0bmax_retries\x18\x02 \x01(\x05\x12\x13\n\x0btemperature\x18\x03 \x01(\x02\x42\x16\n\x14_realizability_level\"f\n\x0e\x43orrectRequest\x12\'\n\ntrajectory\x18\x01 \x01(\x0b\x32\x13.leap.v1.Trajectory\x12+\n\x07options\x18\x02 \x01(\x0b\x32\x1a.leap.v1.CorrectionOptions\"\x86\x01\n\rCorrectedStep\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x14\n\x0cis_corrected\x18\x04 \x01(\x08\x12\x17\n\x0foriginal_action\x18\x05 \x01(\t\x12\x17\n\x0foriginal_reason\x18\x06 \x01(\t\"Z\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\x12\r\n\x05\x63\x61lls\x18\x04 \x01(\x05\"\xbe\x01\n\nCorrection\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07summary\x18\x03 \x01(\t\x12%\n\x05steps\x18\x04 \x03(\x0b\x32\x16.leap.v1.CorrectedStep\x12\x1d\n\x05usage\x18\x05 \x01(\x0b\x32\x0e.leap.v1.Usage\x12\x0f\n\x07teacher\x18\x06 \x01(\t\x12\x1b\n\x13realizability_level\x18\x07 \x01(\x05\x12\x10\n\x08\x61ttempts\x18\x08 \x01(\x05\"=\n\x0f\x41nnotateRequest\x12*\n\rdemonstration\x18\x01 \x01(\x0b\x32\x13.leap.v1.Trajectory\"W\n\nAnnotation\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0f\n\x07reasons\x18\x03 \x03(\t\x12\x1d\n\x05usage\x18\x04 \x01(\x0b\x32\x0e.leap.v1.Usage\"|\n\x12\x44\x65monstrateRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12#\n\x06\x65xpert\x18\x02 \x01(\x0e\x32\x13.leap.v1.ExpertKind\x12\x0f\n\x07horizon\x18\x03 \x01(\x05\x12\x10\n\x08\x61nnotate\x18\x04 \x01(\x08\"\x17\n\x15GetTeacherInfoRequest\"^\n\x0bTeacherInfo\x12\x0f\n\x07\x62\x61\x63kend\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1c\n\x14realizability_levels\x18\x03 \x03(\x05\x12\x11\n\tmax_steps\x18\x04 \x01(\x05\x32\x8d\x02\n\x0eTeacherService\x12\x37\n\x07\x43orrect\x12\x17.leap.v1.CorrectRequest\x1a\x13.leap.v1.Correction\x12\x39\n\x08\x41nnotate\x12\x18.leap.v1.AnnotateRequest\x1a\x13.leap.v1.Annotation\x12?\n\x0b\x44\x65monstrate\x12\x1b.leap.v1.DemonstrateRequest\x1a\x13.leap.v1.Trajectory\x12\x46\n\x0eGetTeacherInfo\x12\x1e.leap.v1.GetTeacherInfoRequest\x1a\x14.leap.v1.TeacherInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'leap.v1.teacher_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CORRECTIONOPTIONS']._serialized_start=83
-  _globals['_CORRECTIONOPTIONS']._serialized_end=173
-  _globals['_CORRECTREQUEST']._serialized_start=175
-  _globals['_CORRECTREQUEST']._serialized_end=277
-  _globals['_CORRECTEDSTEP']._serialized_start=280
-  _globals['_CORRECTEDSTEP']._serialized_end=414
-  _globals['_USAGE']._serialized_start=416
-  _globals['_USAGE']._serialized_end=506
-  _globals['_CORRECTION']._serialized_start=509
-  _globals['_CORRECTION']._serialized_end=699
-  _globals['_ANNOTATEREQUEST']._serialized_start=701
-  _globals['_ANNOTATEREQUEST']._serialized_end=762
-  _globals['_ANNOTATION']._serialized_start=764
-  _globals['_ANNOTATION']._serialized_end=851
-  _globals['_DEMONSTRATEREQUEST']._serialized_start=853
-  _globals['_DEMONSTRATEREQUEST']._serialized_end=977
-  _globals['_GETTEACHERINFOREQUEST']._serialized_start=979
-  _globals['_GETTEACHERINFOREQUEST']._serialized_end=1002
-  _globals['_TEACHERINFO']._serialized_start=1004
-  _globals['_TEACHERINFO']._serialized_end=1098
-  _globals['_TEACHERSERVICE']._serialized_start=1101
-  _globals['_TEACHERSERVICE']._serialized_end=1370
+  _globals['_CORRECTIONOPTIONS']._serialized_end=202
+  _globals['_CORRECTREQUEST']._serialized_start=204
+  _globals['_CORRECTREQUEST']._serialized_end=306
+  _globals['_CORRECTEDSTEP']._serialized_start=309
+  _globals['_CORRECTEDSTEP']._serialized_end=443
+  _globals['_USAGE']._serialized_start=445
+  _globals['_USAGE']._serialized_end=535
+  _globals['_CORRECTION']._serialized_start=538
+  _globals['_CORRECTION']._serialized_end=728
+  _globals['_ANNOTATEREQUEST']._serialized_start=730
+  _globals['_ANNOTATEREQUEST']._serialized_end=791
+  _globals['_ANNOTATION']._serialized_start=793
+  _globals['_ANNOTATION']._serialized_end=880
+  _globals['_DEMONSTRATEREQUEST']._serialized_start=882
+  _globals['_DEMONSTRATEREQUEST']._serialized_end=1006
+  _globals['_GETTEACHERINFOREQUEST']._serialized_start=1008
+  _globals['_GETTEACHERINFOREQUEST']._serialized_end=1031
+  _globals['_TEACHERINFO']._serialized_start=1033
+  _globals['_TEACHERINFO']._serialized_end=1127
+  _globals['_TEACHERSERVICE']._serialized_start=1130
+  _globals['_TEACHERSERVICE']._serialized_end=1399
 # @@protoc_insertion_point(module_scope)

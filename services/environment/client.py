@@ -12,7 +12,8 @@
         state = oracle.privileged_state(task_ref, actions)
 
 Methods return the leap.v1 protobuf messages and raise grpc.RpcError with the server's status code
-and message. Every call has a default timeout (override per client or per call).
+and message. Every call has a default timeout (override per client or per call). TLS: pass
+`tls=ClientTLS(...)` (services.runtime.tls), or set it for the process (LEAP_TLS_* variables).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from leap.v1 import common_pb2
 from leap.v1 import environment_pb2 as pb
 from leap.v1 import environment_pb2_grpc as pb_grpc
 from services.runtime.channels import bearer, make_channel, wait_ready
+from services.runtime.tls import ClientTLS
 
 DEFAULT_TIMEOUT_S = 30.0
 EXPERTS = {
@@ -35,11 +37,12 @@ EXPERTS = {
 
 
 class _Client:
-    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, channel: grpc.Channel | None = None):
+    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, channel: grpc.Channel | None = None,
+                 tls: ClientTLS | None = None):
         self.address = address
         self.timeout_s = timeout_s
         self._own_channel = channel is None
-        self.channel = channel if channel is not None else make_channel(address)
+        self.channel = channel if channel is not None else make_channel(address, tls=tls)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Block until the server is reachable (TimeoutError otherwise)."""
@@ -94,8 +97,9 @@ class Session:
 class EnvironmentClient(_Client):
     """The agent-facing EnvironmentService."""
 
-    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, channel: grpc.Channel | None = None):
-        super().__init__(address, timeout_s=timeout_s, channel=channel)
+    def __init__(self, address: str, *, timeout_s: float = DEFAULT_TIMEOUT_S, channel: grpc.Channel | None = None,
+                 tls: ClientTLS | None = None):
+        super().__init__(address, timeout_s=timeout_s, channel=channel, tls=tls)
         self.stub = pb_grpc.EnvironmentServiceStub(self.channel)
 
     def list_environments(self, *, timeout_s: float | None = None) -> list[pb.EnvironmentInfo]:
@@ -150,8 +154,8 @@ class PrivilegedClient(_Client):
     """The teacher-only PrivilegedService; every call carries the bearer token."""
 
     def __init__(self, address: str, token: str, *, timeout_s: float = DEFAULT_TIMEOUT_S,
-                 channel: grpc.Channel | None = None):
-        super().__init__(address, timeout_s=timeout_s, channel=channel)
+                 channel: grpc.Channel | None = None, tls: ClientTLS | None = None):
+        super().__init__(address, timeout_s=timeout_s, channel=channel, tls=tls)
         self.stub = pb_grpc.PrivilegedServiceStub(self.channel)
         self._metadata = bearer(token)
 

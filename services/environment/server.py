@@ -11,9 +11,10 @@ Two things happen before a servicer method runs, in the handler table built by `
    comparison). It runs before the request is even parsed. Without a configured token the
    PrivilegedService is not registered at all (calls get UNIMPLEMENTED), so privileged data cannot be
    reached without the token.
-2. Request parsing: requests arrive as raw bytes and are parsed here, so a malformed message or a
-   string that is not UTF-8 becomes INVALID_ARGUMENT naming the field, instead of grpc's generic
-   INTERNAL "Exception deserializing request!".
+2. Request parsing: requests arrive as raw bytes and are parsed here, after the guard, with the
+   runtime's `parse_request` (the one every service uses): a malformed message, a string that is not
+   UTF-8 or an undefined enum number becomes INVALID_ARGUMENT naming the field, instead of grpc's
+   generic INTERNAL "Exception deserializing request!".
 
 `EnvironmentServer` hosts both on one port, or PrivilegedService on its own port (so a Kubernetes
 NetworkPolicy can let only the teacher reach it).
@@ -27,8 +28,6 @@ import logging
 from typing import Any, Callable, Mapping
 
 import grpc
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.message_factory import GetMessageClass
 
 from leap.v1 import environment_pb2 as pb
@@ -38,6 +37,7 @@ from services.environment.backends import Backend
 from services.environment.service import EnvironmentSessions, PrivilegedOracle
 from services.runtime.config import ServerConfig
 from services.runtime.errors import InvalidArgument, PermissionDenied, Unauthenticated
+from services.runtime.messages import parse_request
 from services.runtime.server import Registration, ServiceHost
 
 log = logging.getLogger("leap.environment")
@@ -132,65 +132,8 @@ class TokenGuard:
 
 
 # --- request parsing ------------------------------------------------------------------------------------
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _bad_utf8_field(desc: _descriptor.Descriptor, data: bytes, prefix: str = "") -> str | None:
-    """The dotted name of a string field holding invalid UTF-8, found by walking the wire format."""
-    pos = 0
-    try:
-        while pos < len(data):
-            key, pos = _varint(data, pos)
-            number, wire = key >> 3, key & 7
-            if wire == 0:
-                _, pos = _varint(data, pos)
-            elif wire == 1:
-                pos += 8
-            elif wire == 5:
-                pos += 4
-            elif wire == 2:
-                length, pos = _varint(data, pos)
-                chunk, pos = data[pos:pos + length], pos + length
-                field = desc.fields_by_number.get(number)
-                if field is None:
-                    continue
-                if field.type == _descriptor.FieldDescriptor.TYPE_STRING:
-                    try:
-                        chunk.decode("utf-8")
-                    except UnicodeDecodeError:
-                        return prefix + field.name
-                elif field.type == _descriptor.FieldDescriptor.TYPE_MESSAGE:
-                    found = _bad_utf8_field(field.message_type, chunk, prefix + field.name + ".")
-                    if found:
-                        return found
-            else:
-                return None
-    except ValueError:
-        return None
-    return None
-
-
-def parse_request(cls: type[_message.Message], data: bytes) -> _message.Message:
-    """Parse raw request bytes, or raise InvalidArgument saying what is wrong with them."""
-    try:
-        return cls.FromString(data)
-    except _message.DecodeError as exc:
-        name = cls.DESCRIPTOR.full_name
-        field = _bad_utf8_field(cls.DESCRIPTOR, data)
-        if field:
-            raise InvalidArgument(f"{name}.{field} is not valid UTF-8") from None
-        raise InvalidArgument(f"the request is not a valid {name} message ({exc})") from None
+# `parse_request` (services.runtime.messages) is shared by every service; here it runs after the token
+# guard, so that nothing of an unauthenticated request is even parsed.
 
 
 def _add_service(service_name: str, servicer: Any, server: grpc.Server, guard: TokenGuard | None = None) -> None:
@@ -247,7 +190,7 @@ class EnvironmentServer:
         privileged = privileged_registration(self.oracle, token) if self.token_configured else None
         self.privileged_host: ServiceHost | None = None
         if privileged is not None and privileged_port is not None:
-            own = dataclasses.replace(config, port=privileged_port, metrics_port=0, port_file="")
+            own = dataclasses.replace(config, port=privileged_port, metrics_port=0, port_file="", health_port=0)
             self.privileged_host = ServiceHost(own, [privileged], label=f"{label}-privileged")
         elif privileged is not None:
             registrations.append(privileged)

@@ -36,7 +36,8 @@ from services.environment.backends import (
     PrivilegedInfo,
     TaskSummary,
 )
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, quote
+from services.runtime.messages import check_id
 
 log = logging.getLogger("leap.environment")
 
@@ -45,6 +46,10 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 MAX_HORIZON = 10_000
 MAX_REPLAYED_ACTIONS = 10_000
+#: Longest page token accepted (the server's own are under 100 characters).
+MAX_PAGE_TOKEN_CHARS = 512
+#: Largest offset a page token may hold.
+MAX_PAGE_OFFSET = 2**31 - 1
 
 SESSIONS_OPEN = Gauge("leap_env_sessions_open", "Environment sessions currently open")
 SESSIONS_EVICTED = Counter("leap_env_sessions_evicted_total", "Idle environment sessions closed by the TTL reaper")
@@ -83,14 +88,24 @@ def _encode_token(env: str, split: str, offset: int) -> str:
 
 
 def _decode_token(token: str, env: str, split: str) -> int:
+    """The offset a page token holds; InvalidArgument for anything this server did not issue.
+
+    The token is client input: its length is bounded before decoding (so no nesting depth can reach the
+    JSON parser's recursion limit), and the offset must be a JSON integer in range (not 1e400, not "7",
+    not true)."""
+    invalid = InvalidArgument("page_token is not one this server issued; start again with an empty token")
+    if len(token) > MAX_PAGE_TOKEN_CHARS:
+        raise invalid
     try:
         padded = token + "=" * (-len(token) % 4)
         data = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        offset = int(data["o"])
+        offset = data["o"]
         same = data["e"] == env and data["s"] == split
-    except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error):
-        raise InvalidArgument("page_token is not one this server issued; start again with an empty token") from None
-    if not same or offset < 0:
+    except (ValueError, KeyError, TypeError, UnicodeEncodeError, binascii.Error, RecursionError):
+        raise invalid from None
+    if type(offset) is not int or not 0 <= offset <= MAX_PAGE_OFFSET:
+        raise invalid
+    if not same:
         raise InvalidArgument("page_token belongs to another env or split; start again with an empty token")
     return offset
 
@@ -140,7 +155,7 @@ class _Backends:
     def get(self, env: str) -> Backend:
         backend = self._backends.get(env)
         if backend is None:
-            raise NotFound(f"unknown environment {env!r}; valid names: {', '.join(sorted(self._backends))}")
+            raise NotFound(f"unknown environment {quote(env)}; valid names: {', '.join(sorted(self._backends))}")
         return backend
 
     def all(self) -> list[Backend]:
@@ -150,9 +165,11 @@ class _Backends:
         backend = self.get(env)
         if not task_id:
             raise InvalidArgument("task.task_id is empty; list the tasks with ListTasks")
+        check_id(task_id, "task.task_id")
+        check_id(split, "task.split")
         task = backend.task(task_id)
         if split and split != task.split:
-            raise InvalidArgument(f"task {task_id!r} belongs to split {task.split!r}, not {split!r}")
+            raise InvalidArgument(f"task {quote(task_id)} belongs to split {task.split!r}, not {quote(split)}")
         return backend, task
 
 
@@ -257,6 +274,7 @@ class EnvironmentSessions:
 
     def list_tasks(self, env: str, split: str, page_size: int = 0, page_token: str = "") -> TaskPage:
         backend = self.backends.get(env)
+        check_id(split, "split")
         total = backend.num_tasks(split)
         if page_size < 0:
             raise InvalidArgument(f"page_size must be >= 0 (0 means {DEFAULT_PAGE_SIZE}); got {page_size}")
@@ -272,10 +290,12 @@ class EnvironmentSessions:
         backend = self.backends.get(env)
         if horizon < 0 or horizon > MAX_HORIZON:
             raise InvalidArgument(f"horizon must be between 0 (the default) and {MAX_HORIZON}; got {horizon}")
+        check_id(task_id, "task_id")
+        check_id(split, "split")
         if task_id:
             task = backend.task(task_id)
             if split and split != task.split:
-                raise InvalidArgument(f"task {task_id!r} belongs to split {task.split!r}, not {split!r}; "
+                raise InvalidArgument(f"task {quote(task_id)} belongs to split {task.split!r}, not {quote(split)}; "
                                       "send either a task_id or a split with a seed")
         elif split:
             task = backend.task_at(split, seed)
@@ -322,9 +342,9 @@ class EnvironmentSessions:
             expired = session is None and session_id in self._expired
         if session is None:
             if expired:
-                raise NotFound(f"session {session_id!r} was closed after being idle for more than "
+                raise NotFound(f"session {quote(session_id)} was closed after being idle for more than "
                                f"{self.idle_ttl_s:g}s; Reset a new one")
-            raise NotFound(f"unknown session {session_id!r} (closed, expired or never opened); Reset a new one")
+            raise NotFound(f"unknown session {quote(session_id)} (closed, expired or never opened); Reset a new one")
         return session
 
     def step(self, session_id: str, action: str | bytes) -> Observation:
@@ -332,12 +352,12 @@ class EnvironmentSessions:
         action = validate_action(action)
         with session.lock:
             if session.closed:
-                raise NotFound(f"session {session_id!r} was closed; Reset a new one")
+                raise NotFound(f"session {quote(session_id)} was closed; Reset a new one")
             session.last_used = self._clock()
             if session.episode.done:
                 truncated = session.last is not None and session.last.truncated
                 how = "was won" if session.episode.won else "reached its horizon" if truncated else "is over"
-                raise FailedPrecondition(f"session {session_id!r} is done (the episode {how} after "
+                raise FailedPrecondition(f"session {quote(session_id)} is done (the episode {how} after "
                                          f"{session.episode.steps} steps); Close it and Reset a new one")
             observation = session.episode.step(action)
             session.last = observation
@@ -350,7 +370,7 @@ class EnvironmentSessions:
         with session.lock:
             with self._lock:
                 if session.closed:
-                    raise NotFound(f"session {session_id!r} was already closed")
+                    raise NotFound(f"session {quote(session_id)} was already closed")
                 self._forget(session_id, expired=False)
             summary = CloseSummary(session.episode.steps, session.episode.won, session.episode.score)
         self._release(session)

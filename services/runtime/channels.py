@@ -1,6 +1,8 @@
-"""Client channels shared by every caller: retries on UNAVAILABLE, round robin, message limits.
+"""Client channels shared by every caller: retries on UNAVAILABLE, round robin, message limits, TLS.
 
 `dns:///name.namespace.svc:50051` with a headless Kubernetes Service balances across replicas.
+TLS (services.runtime.tls) is used when the caller passes it or the process has it configured
+(`configure_client_tls`, or the LEAP_TLS_CA / LEAP_TLS_CLIENT_CERT / LEAP_TLS_CLIENT_KEY variables).
 """
 
 from __future__ import annotations
@@ -8,6 +10,11 @@ from __future__ import annotations
 import json
 
 import grpc
+
+from services.runtime.tls import ClientTLS, default_client_tls
+
+#: Pass as `tls=` to make_channel for a plaintext channel whatever the process's TLS settings say.
+PLAINTEXT = "plaintext"
 
 _SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
@@ -26,22 +33,35 @@ _SERVICE_CONFIG = {
 }
 
 
-def make_channel(address: str, *, max_message_bytes: int = 64 * 1024 * 1024) -> grpc.Channel:
-    """An insecure channel to `address` (host:port or dns:///host:port) with retries and balancing."""
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.service_config", json.dumps(_SERVICE_CONFIG)),
-            ("grpc.enable_retries", 1),
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ],
-    )
+def make_channel(address: str, *, max_message_bytes: int = 64 * 1024 * 1024,
+                 tls: ClientTLS | str | None = None, health_check_service: str | None = None) -> grpc.Channel:
+    """A channel to `address` (host:port or dns:///host:port) with retries and balancing.
+
+    tls: a ClientTLS, PLAINTEXT, or None for the process's default (plaintext unless TLS is configured).
+    health_check_service: a grpc.health.v1 service name; round robin then sends calls only to the
+    replicas that report it SERVING (a replica still loading is skipped, not retried into).
+    """
+    service_config = dict(_SERVICE_CONFIG)
+    if health_check_service is not None:
+        service_config["healthCheckConfig"] = {"serviceName": health_check_service}
+    options = [
+        ("grpc.service_config", json.dumps(service_config)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    settings = None if tls == PLAINTEXT else (tls if tls is not None else default_client_tls())
+    if settings is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, settings.credentials(), options=options + settings.options())
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying a bearer token (the privileged channel's credential)."""
-    return (("authorization", f"Bearer {token}"),)
+    """Call metadata carrying a bearer token (the privileged channel's credential).
+
+    Whitespace around the token is dropped: a token read from a file ends in a newline, which gRPC
+    refuses in a metadata value (the call would fail in the client before it is sent)."""
+    return (("authorization", f"Bearer {token.strip()}"),)
 
 
 def wait_ready(channel: grpc.Channel, timeout: float = 30.0) -> None:

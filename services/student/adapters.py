@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound, quote
 from services.student.types import BASE_VERSION, AdapterStatus, CheckpointSpec
 
 
@@ -76,7 +76,7 @@ class AdapterRegistry:
             if record is None:
                 draining = any(r.version == name for r in self._draining)
                 state = "is being unloaded" if draining else "is not loaded"
-                raise NotFound(f"adapter version {name!r} {state}; loaded versions: {', '.join(sorted(self._versions))}")
+                raise NotFound(f"adapter version {quote(name, 60)} {state}; loaded versions: {', '.join(sorted(self._versions))}")
             record.in_flight += 1
             return record
 
@@ -123,7 +123,7 @@ class AdapterRegistry:
     def make_current(self, version: str) -> None:
         with self._lock:
             if version not in self._versions:
-                raise NotFound(f"adapter version {version!r} is not loaded")
+                raise NotFound(f"adapter version {quote(version, 60)} is not loaded")
             self._switch(version)
             to_unload = self._enforce_limits()
         self._unload_all(to_unload)
@@ -135,7 +135,7 @@ class AdapterRegistry:
                 raise FailedPrecondition("the base model cannot be unloaded")
             record = self._versions.get(version)
             if record is None:
-                raise NotFound(f"adapter version {version!r} is not loaded")
+                raise NotFound(f"adapter version {quote(version, 60)} is not loaded")
             if version == self._current:
                 raise FailedPrecondition(
                     f"{version!r} is the current version; load or select another version before unloading it"
@@ -159,7 +159,7 @@ class AdapterRegistry:
         with self._lock:
             record = self._versions.get(version)
             if record is None:
-                raise NotFound(f"adapter version {version!r} is not loaded")
+                raise NotFound(f"adapter version {quote(version, 60)} is not loaded")
             return self._status(record)
 
     def loaded_handles(self) -> int:

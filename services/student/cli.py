@@ -48,7 +48,7 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
                    help="retries of a remote request on 429 / 5xx / connection errors [LEAP_RETRIES]")
     g.add_argument("--max-batch-size", type=int, default=env_default("max-batch-size", 8),
                    help="rows per forward pass (local backend) or concurrent requests (remote); concurrent "
-                        "Act calls share batches, so keep --max-workers at least this large [LEAP_MAX_BATCH_SIZE]")
+                        "Act calls share batches, so keep --act-workers at least this large [LEAP_MAX_BATCH_SIZE]")
     g.add_argument("--max-prefill-rows", type=int, default=env_default("max-prefill-rows", 16),
                    help="rows prefilled together; the rest of a wide batch joins over the next steps (0: no limit) "
                         "[LEAP_MAX_PREFILL_ROWS]")
@@ -67,9 +67,26 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
                    help="largest max_new_tokens a request may ask for [LEAP_MAX_NEW_TOKENS_LIMIT]")
     g.add_argument("--max-adapters", type=int, default=env_default("max-adapters", 3),
                    help="LoRA adapters kept loaded (current and previous are always kept) [LEAP_MAX_ADAPTERS]")
-    g.add_argument("--checkpoint-root", default=env_default("checkpoint-root", ""),
-                   help="folder that relative checkpoint URIs resolve against (the shared run root) "
-                        "[LEAP_CHECKPOINT_ROOT]")
+    g.add_argument("--adapters-root", "--checkpoint-root", dest="adapters_root",
+                   default=env_default("adapters-root", env_default("checkpoint-root", "runs")),
+                   help="the only folder LoadAdapter reads checkpoints from (the shared runs volume): relative "
+                        "URIs are taken from it, absolute ones and symlinks must stay in it (default: ./runs; "
+                        "`leap run` passes its run directory; --checkpoint-root is the former name) "
+                        "[LEAP_ADAPTERS_ROOT]")
+    g.add_argument("--max-adapter-mb", type=float, default=env_default("max-adapter-mb", 2048.0),
+                   help="largest adapter weights file LoadAdapter reads, in MiB [LEAP_MAX_ADAPTER_MB]")
+    g.add_argument("--act-workers", type=int, default=env_default("act-workers", 64),
+                   help="Act calls handled at once, on threads of their own (more wait in line); health and "
+                        "control calls keep the --max-workers threads [LEAP_ACT_WORKERS]")
+    g.add_argument("--health-interval", type=float, default=env_default("health-interval", 10.0),
+                   help="tgi / openai: seconds between probes of the remote server while serving; the "
+                        "service reports NOT_SERVING while they fail (0: no probes) [LEAP_HEALTH_INTERVAL]")
+    g.add_argument("--desired-adapter-file", default=env_default("desired-adapter-file", ""),
+                   help="a desired-adapter record (JSON; on Kubernetes the mounted leap-student-desired-adapter "
+                        "ConfigMap): the adapter it names is loaded before the server reports SERVING, and "
+                        "followed when it changes (services.student.desired_adapter) [LEAP_DESIRED_ADAPTER_FILE]")
+    g.add_argument("--desired-adapter-poll-seconds", type=float, default=env_default("desired-adapter-poll-seconds", 2.0),
+                   help="how often the desired-adapter record is read again [LEAP_DESIRED_ADAPTER_POLL_SECONDS]")
     g.add_argument("--stop-at", choices=["action", "eos"], default=env_default("stop-at", "action"),
                    help="stop each row at the end of its ACTION line (default) or only at eos / the token "
                         "limit [LEAP_STOP_AT]")
@@ -87,14 +104,19 @@ def build_service(args: argparse.Namespace):
 
     limits = StudentLimits(history_window=args.history_window, max_prompt_tokens=args.max_prompt_tokens,
                            max_items=args.max_items, default_max_new_tokens=args.max_new_tokens,
-                           max_new_tokens_limit=args.max_new_tokens_limit, max_adapters=args.max_adapters)
+                           max_new_tokens_limit=args.max_new_tokens_limit, max_adapters=args.max_adapters,
+                           act_workers=args.act_workers)
+    if args.act_workers < 1:
+        raise SystemExit("--act-workers must be at least 1")
     if args.backend == "local":
         from services.student.backends.local import LocalBackend, LocalOptions
+        from services.student.checkpoints import CheckpointLimits
 
         backend = LocalBackend(LocalOptions(
             model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
             max_prefill_rows=args.max_prefill_rows, max_wait_ms=args.max_wait_ms, stop_at_action_line=args.stop_at == "action",
-            checkpoint_root=args.checkpoint_root, prefix_cache=args.prefix_cache == "on",
+            adapters_root=args.adapters_root, prefix_cache=args.prefix_cache == "on",
+            checkpoint_limits=CheckpointLimits(max_weights_bytes=int(args.max_adapter_mb * 1024 * 1024)),
             merge_uniform_adapter=args.merge_adapter == "on"))
     else:
         from services.student.backends.remote import RemoteBackend, RemoteOptions
@@ -103,7 +125,8 @@ def build_service(args: argparse.Namespace):
             raise SystemExit(f"--backend {args.backend} needs --endpoint (the server's base URL)")
         backend = RemoteBackend(RemoteOptions(
             flavor=args.backend, endpoint=args.endpoint, model=args.model, remote_model=args.remote_model,
-            timeout=args.request_timeout, retries=args.retries, max_concurrency=args.max_batch_size))
+            timeout=args.request_timeout, retries=args.retries, max_concurrency=args.max_batch_size,
+            health_interval=args.health_interval))
     return StudentService(backend, limits)
 
 
@@ -111,4 +134,13 @@ def run_serve(args: argparse.Namespace) -> int:
     from services.runtime.config import ServerConfig
     from services.student.server import serve
 
-    return serve(build_service(args), ServerConfig.from_args(args))
+    service = build_service(args)
+    follower = None
+    if args.desired_adapter_file:
+        from services.student.desired_adapter import DesiredAdapterFollower
+
+        if args.desired_adapter_poll_seconds <= 0:
+            raise SystemExit("--desired-adapter-poll-seconds must be positive")
+        follower = DesiredAdapterFollower(service, args.desired_adapter_file,
+                                          poll_seconds=args.desired_adapter_poll_seconds)
+    return serve(service, ServerConfig.from_args(args), follower=follower)

@@ -28,3 +28,6 @@ ADAPTER_LOAD_SECONDS = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 LOADED_ADAPTERS = Gauge("leap_student_loaded_adapters", "LoRA adapters held in memory (base excluded)")
+DROPPED_ROWS = Counter("leap_student_dropped_rows_total",
+                       "Rows that left the scheduler unfinished: their request was cancelled (deadline, client) "
+                       "or the row failed alone (non-finite scores, a sampling error)", ["reason"])

@@ -68,8 +68,9 @@ ENV_SPECS: dict[str, EnvPromptSpec] = {
     "alfworld": _HOUSEHOLD,
     "textworld": EnvPromptSpec(
         template="generic.j2",
-        role="You are an agent playing a text adventure game.",
-        action_format="The action is one command from the candidate actions.",
+        role="You are playing a text adventure game (TextWorld).",
+        action_format="The action is one of the candidate commands exactly as written, e.g. 'go north', "
+                      "'open fridge', 'take red apple from counter'.",
     ),
     "intercode_bash": _BASH,
     "bash": _BASH,

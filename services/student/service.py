@@ -10,6 +10,10 @@ Errors (services.runtime.errors -> gRPC codes by the runtime interceptor):
 - ALREADY_EXISTS: a version name reused for other weights;
 - UNAVAILABLE: the model is still loading, or the server is shutting down;
 - DEADLINE_EXCEEDED: the caller's deadline passed (its rows are dropped from the batch).
+
+A call whose client cancels it (or goes away) is `CallCancellation.cancel()`ed by the servicer: its
+rows leave the backend's queue or batch at the next decode step, as for an expired deadline.
+Client strings echoed in errors go through services.runtime.errors.quote (bounded).
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from services.runtime.errors import (
     InvalidArgument,
     ServiceError,
     Unavailable,
+    quote,
 )
+from services.runtime.paths import check_text_field
 from services.student import metrics
 from services.student.adapters import AdapterRegistry, AdapterVersion
 from services.student.backends.base import Backend
@@ -56,6 +62,40 @@ def _decimal(value: float) -> float:
     return float(f"{value:.7g}")
 
 
+class CallCancellation:
+    """Whether anybody still waits for a call's answer; hooks run once when nobody does.
+
+    The servicer cancels it when the gRPC call ends: while the handler still works, that means the
+    client cancelled the call or went away (after a normal end it changes nothing). `on_cancel` hooks
+    registered once it is cancelled run at once.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._hooks: list = []
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            hooks, self._hooks = self._hooks, []
+        for hook in hooks:
+            hook()
+
+    def on_cancel(self, hook) -> None:
+        with self._lock:
+            if not self._cancelled:
+                self._hooks.append(hook)
+                return
+        hook()
+
+
 @dataclass
 class StudentLimits:
     """Request limits and defaults of one student server."""
@@ -67,6 +107,9 @@ class StudentLimits:
     max_new_tokens_limit: int = 512
     #: LoRA adapters kept loaded at most (base excluded); current and previous are always kept.
     max_adapters: int = 3
+    #: Act calls handled at once, on threads of their own (more wait in line); health and control
+    #: calls keep the server's --max-workers threads however many Acts are held.
+    act_workers: int = 64
 
 
 class StudentService:
@@ -78,6 +121,8 @@ class StudentService:
         self.adapters = AdapterRegistry(backend.remove_adapter, max_adapters=self.limits.max_adapters)
         self._load_lock = threading.Lock()
         self._handle_serial = 0
+        #: Set by close(): background work of the server (the health watcher) stops.
+        self.closed = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -86,7 +131,12 @@ class StudentService:
         self.backend.start()
 
     def close(self) -> None:
+        self.closed.set()
         self.backend.close()
+
+    def check_health(self) -> bool:
+        """The backend's own health check (a remote server that answers); True when it has none."""
+        return self.backend.check_health()
 
     @property
     def ready(self) -> bool:
@@ -131,8 +181,13 @@ class StudentService:
             max_reason_tokens=(item.max_reason_tokens or max_new_tokens) if constrain else 0,
         )
 
-    def act(self, items: list[ActInput], deadline: Deadline = NO_DEADLINE) -> list[ActOutput]:
-        """Reason + action for each item. All items are validated before any is generated."""
+    def act(self, items: list[ActInput], deadline: Deadline = NO_DEADLINE,
+            cancellation: CallCancellation | None = None) -> list[ActOutput]:
+        """Reason + action for each item. All items are validated before any is generated.
+
+        When `cancellation` is cancelled (the client went away), the items leave the backend's
+        scheduler and the call ends without answers.
+        """
         self._require_ready()
         if not items:
             raise InvalidArgument("the request has no items; send at least one agent state")
@@ -142,7 +197,7 @@ class StudentService:
                 "(split the batch; concurrent calls are batched together by the server)")
         prepared = []
         for index, item in enumerate(items):
-            where = f"item {index}" + (f" ({item.request_id!r})" if item.request_id else "")
+            where = f"item {index}" + (f" ({quote(item.request_id, 60)})" if item.request_id else "")
             if not item.env.strip():
                 raise InvalidArgument(f"{where}: env is empty; name the environment (household, alfworld, bash, ...)")
             if not item.observation.strip():
@@ -172,12 +227,19 @@ class StudentService:
                                       adapter_handle=record.handle,
                                       candidates=tuple(item.candidates) if sampling.constrain_action else ())
                     for (item, sampling, prompt), record in zip(prepared, admitted)]
+        if cancellation is not None and cancellation.cancelled:
+            for record in admitted:
+                self.adapters.release(record)
+            raise Unavailable("the call was cancelled by its client before generation started")
         try:
             futures = self.backend.submit(requests)
         except BaseException:
             for record in admitted:
                 self.adapters.release(record)
             raise
+        if cancellation is not None:
+            # The backend drops rows whose request is cancelled at its next step (queued or generating).
+            cancellation.on_cancel(lambda: [request.cancelled.set() for request in requests])
         for future, record in zip(futures, admitted):
             future.add_done_callback(lambda _f, r=record: self.adapters.release(r))
         generations = self._wait(futures, requests, deadline)
@@ -209,6 +271,8 @@ class StudentService:
                 "deadline exceeded while generating; the rows were dropped. Retry with a longer deadline, "
                 "fewer items per call or a smaller max_new_tokens") from None
         except CancelledError:
+            if any(request.cancelled.is_set() for request in requests):
+                raise Unavailable("the call was cancelled; its rows were dropped from the batch") from None
             raise Unavailable("generation was cancelled (the server is shutting down)") from None
         except BaseException:
             for request in requests:
@@ -227,10 +291,13 @@ class StudentService:
             raise InvalidArgument(f"{BASE_VERSION!r} names the bare model and cannot be used for an adapter")
         if not _VERSION_NAME.match(spec.version):
             raise InvalidArgument(
-                f"checkpoint.version {spec.version!r} is not a valid version name (letters, digits and ._:@+- , "
+                f"checkpoint.version {quote(spec.version, 60)} is not a valid version name (letters, digits and ._:@+- , "
                 "at most 128 characters, starting with a letter or digit)")
         if not spec.uri:
             raise InvalidArgument("checkpoint.uri is empty; give the adapter folder (or the remote adapter id)")
+        check_text_field(spec.uri, "checkpoint.uri")
+        for name in ("name", "sha256", "base_model"):
+            check_text_field(getattr(spec, name), f"checkpoint.{name}", max_chars=256)
         started = time.perf_counter()
         outcome = "OK"
         try:

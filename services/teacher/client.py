@@ -9,6 +9,7 @@ from leap.v1 import environment_pb2 as env_pb
 from leap.v1 import teacher_pb2 as pb
 from leap.v1 import teacher_pb2_grpc as pb_grpc
 from services.runtime.channels import make_channel
+from services.runtime.tls import ClientTLS
 
 _EXPERTS = {
     "searcher": env_pb.EXPERT_KIND_SEARCHER,
@@ -22,18 +23,23 @@ class TeacherClient:
         correction = teacher.correct(trajectory, level=50)
     """
 
-    def __init__(self, address: str, *, timeout_s: float = 600.0, channel: grpc.Channel | None = None):
+    def __init__(self, address: str, *, timeout_s: float = 600.0, channel: grpc.Channel | None = None,
+                 tls: ClientTLS | None = None):
         self.address = address
         self.timeout_s = timeout_s
         self._own_channel = channel is None
-        self._channel = channel or make_channel(address)
+        self._channel = channel or make_channel(address, tls=tls)
         self._stub = pb_grpc.TeacherServiceStub(self._channel)
 
-    def correct(self, trajectory: common_pb2.Trajectory, *, level: int = 50, max_retries: int = 0,
+    def correct(self, trajectory: common_pb2.Trajectory, *, level: int | None = None, max_retries: int = 0,
                 temperature: float = 0.0, timeout_s: float | None = None) -> pb.Correction:
-        """Corrections of every step of `trajectory` (Correction.ok is False when the teacher failed)."""
-        request = pb.CorrectRequest(trajectory=trajectory, options=pb.CorrectionOptions(
-            realizability_level=level, max_retries=max_retries, temperature=temperature))
+        """Corrections of every step of `trajectory` (Correction.ok is False when the teacher failed).
+
+        level: a realizability level (0, 25, 50, 75, 100); None leaves it to the server (50)."""
+        options = pb.CorrectionOptions(max_retries=max_retries, temperature=temperature)
+        if level is not None:
+            options.realizability_level = level
+        request = pb.CorrectRequest(trajectory=trajectory, options=options)
         return self._stub.Correct(request, timeout=timeout_s or self.timeout_s)
 
     def annotate(self, demonstration: common_pb2.Trajectory, *, timeout_s: float | None = None) -> pb.Annotation:

@@ -56,14 +56,21 @@ class TeacherConfig:
 
 
 def read_token(value: str, file: str) -> str:
-    """A secret from a flag value or, when that is empty, from a file (a mounted Kubernetes Secret)."""
+    """A secret from a flag value or, when that is empty, from a file (a mounted Kubernetes Secret).
+
+    Whitespace around it is dropped (a file's trailing newline would make it an invalid metadata value)."""
+    from services.runtime.cli import UsageError
+
     if value:
         return value.strip()
     if file:
         path = Path(file).expanduser()
         if not path.is_file():
-            raise SystemExit(f"token file {path} does not exist")
-        return path.read_text(encoding="utf-8").strip()
+            raise UsageError(f"token file {path} does not exist")
+        try:
+            return path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the token file {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return ""
 
 
@@ -84,7 +91,6 @@ def add_teacher_arguments(parser: argparse.ArgumentParser, *, env_addr_required:
     g.add_argument("--backend", choices=BACKENDS, default=env_default("backend", "oracle"),
                    help="oracle: the environment's experts (exact, free); llm: a chat model [LEAP_BACKEND]")
     g.add_argument("--env-addr", default=env_default("env-addr", "" if env_addr_required else DEFAULT_ENV_ADDR),
-                   required=env_addr_required and not os.environ.get("LEAP_ENV_ADDR"),
                    help="the environment's PrivilegedService, host:port [LEAP_ENV_ADDR]")
     g.add_argument("--privileged-token", default=env_default("privileged-token", ""),
                    help="bearer token of the privileged service [LEAP_PRIVILEGED_TOKEN]")
@@ -125,8 +131,10 @@ def build_service(config: TeacherConfig):
     from services.teacher.privileged import GrpcPrivilegedSource
     from services.teacher.service import TeacherService
 
+    from services.runtime.cli import UsageError
+
     if config.max_steps < 1:
-        raise SystemExit("--max-steps must be at least 1")
+        raise UsageError("--max-steps must be at least 1")
     settings = LlmSettings(max_new_tokens=config.max_new_tokens, default_temperature=config.temperature,
                            default_max_retries=config.max_retries)
     backend = make_backend(config.backend, llm_endpoint=config.llm_endpoint, llm_model=config.llm_model,

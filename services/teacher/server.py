@@ -8,6 +8,7 @@ from leap.v1 import teacher_pb2_grpc as pb_grpc
 from services.runtime.config import ServerConfig
 from services.runtime.deadline import Deadline
 from services.runtime.server import Registration, ServiceHost
+from services.teacher.levels import DEFAULT_LEVEL
 from services.teacher.privileged import EXPERT_KINDS
 from services.teacher.service import TeacherService
 from services.teacher.types import AnnotationResult, CorrectionResult, Usage
@@ -42,8 +43,10 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
 
     def Correct(self, request: pb.CorrectRequest, context) -> pb.Correction:
         options = request.options
+        # An unset level is the default (50), not 0: proto3 `optional` tells the two apart.
+        level = options.realizability_level if options.HasField("realizability_level") else DEFAULT_LEVEL
         return correction_to_proto(self.service.correct(
-            request.trajectory, level=options.realizability_level, max_retries=options.max_retries,
+            request.trajectory, level=level, max_retries=options.max_retries,
             temperature=options.temperature, deadline=Deadline.from_context(context)))
 
     def Annotate(self, request: pb.AnnotateRequest, context) -> pb.Annotation:

@@ -12,6 +12,7 @@ the final check, is a result with ok=False, never an exception: a LEAP run goes 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -19,6 +20,7 @@ from prometheus_client import Counter
 
 from services.runtime.deadline import NO_DEADLINE, Deadline
 from services.runtime.errors import InvalidArgument, ServiceError
+from services.runtime.messages import check_id
 from services.teacher.actions import legality_error
 from services.teacher.backends.base import AnnotationJob, CorrectionJob, TeacherBackend
 from services.teacher.leak import SecretIndex, actions_up_to, find_leaks, observations_all, observations_up_to
@@ -30,6 +32,9 @@ log = logging.getLogger("leap.teacher")
 
 DEFAULT_MAX_STEPS = 100
 MAX_RETRIES_LIMIT = 10
+# Trajectory.goal is the bare instruction (TaskInfo.goal); a client that copied the observation's
+# "Your task is to: ..." line is understood too (common.proto says readers tolerate the prefix).
+_GOAL_PREFIX = re.compile(r"^\s*your task is(?: to)?\s*:\s*", re.IGNORECASE)
 
 CORRECTIONS = Counter("leap_teacher_corrections_total", "Trajectories corrected, by backend, level and outcome",
                       ["backend", "level", "outcome"])
@@ -75,9 +80,18 @@ class TeacherService:
                                   "split it or raise the teacher's --max-steps")
         if not trajectory.task.env or not trajectory.task.task_id:
             raise InvalidArgument(f"the {what}'s task is incomplete: task.env and task.task_id are required")
+        self._check_task(trajectory.task, f"{what}.task")
         for t, step in enumerate(trajectory.steps):
             if not step.action.strip():
                 raise InvalidArgument(f"step {t} of the {what} has an empty action")
+        trajectory.goal = _GOAL_PREFIX.sub("", trajectory.goal)
+
+    @staticmethod
+    def _check_task(task, what: str) -> None:
+        """The task's names are identifiers (printable ASCII, bounded): refused here, before any parsing."""
+        check_id(task.env, f"{what}.env")
+        check_id(task.task_id, f"{what}.task_id")
+        check_id(task.split, f"{what}.split")
 
     @staticmethod
     def _check_retries(max_retries: int) -> None:
@@ -135,6 +149,7 @@ class TeacherService:
         the teacher holds the privileged credential."""
         if not task.env or not task.task_id:
             raise InvalidArgument("the task is incomplete: task.env and task.task_id are required")
+        self._check_task(task, "task")
         if expert not in EXPERT_KINDS:
             raise InvalidArgument(f"expert {expert or 'UNSPECIFIED'} cannot demonstrate; use one of "
                                   "EXPERT_KIND_SEARCHER (LEAP's BC demonstrations), EXPERT_KIND_PRIOR_SEARCHER "

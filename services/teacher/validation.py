@@ -11,6 +11,7 @@ Every problem is reported in words the model can act on when the answer is fed b
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -67,20 +68,32 @@ def first_json_object(text: str) -> dict:
             value = json.loads(repaired)
         except json.JSONDecodeError:
             raise AnswerFormatError(f"the answer is not valid JSON: {exc.msg} at character {exc.pos}") from None
+        except (ValueError, RecursionError):
+            raise AnswerFormatError("the answer's JSON holds a number too long or nesting too deep") from None
+    except (ValueError, RecursionError):
+        # int() refuses numbers of over 4,300 digits; thousands of nested brackets exhaust the recursion limit
+        raise AnswerFormatError("the answer's JSON holds a number too long or nesting too deep") from None
     if not isinstance(value, dict):
         raise AnswerFormatError("the answer's JSON is not an object")
     return value
 
 
 def _as_int(value) -> int | None:
+    """A step index written by the model: an int, an integral float, or ASCII digits; None otherwise.
+
+    Model output is untrusted text: 1e400 (a float inf), 5,000 digits (over int()'s digit limit) and
+    full-width or superscript digits are "not an integer", never an exception."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
         return value
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text.startswith("-") else text
+        if digits and len(digits) <= 18 and digits.isascii() and digits.isdigit():
+            return int(text)
     return None
 
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from services.runtime.errors import FailedPrecondition, NotFound
+from services.runtime.errors import FailedPrecondition, NotFound, quote
 from services.runtime.files import atomic_directory, sha256_bytes, sha256_file
 from services.trainer.jobs import CheckpointRef
 
@@ -107,7 +107,13 @@ def read_manifest(path: str | os.PathLike) -> tuple[dict, str] | None:
     if not file.is_file():
         return None
     data = file.read_bytes()
-    return json.loads(data), sha256_bytes(data)
+    try:
+        manifest = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # not JSON, bad UTF-8, nested too deeply
+        raise FailedPrecondition(f"{file} is not a valid manifest ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise FailedPrecondition(f"{file} is not a valid manifest (not a JSON object)")
+    return manifest, sha256_bytes(data)
 
 
 def check_parent(ref: CheckpointRef) -> dict | None:
@@ -125,14 +131,14 @@ def check_parent(ref: CheckpointRef) -> dict | None:
     if found is None:
         if ref.sha256:
             raise FailedPrecondition(
-                f"parent checkpoint {ref.uri} has no {MANIFEST}, so its sha256 {ref.sha256} cannot be verified"
+                f"parent checkpoint {ref.uri} has no {MANIFEST}, so its sha256 {quote(ref.sha256, 64)} cannot be verified"
             )
         return None
     manifest, digest = found
     if ref.sha256 and ref.sha256 != digest:
         raise FailedPrecondition(
             f"parent checkpoint {ref.uri} does not match its reference: manifest sha256 is {digest}, "
-            f"expected {ref.sha256}"
+            f"expected {quote(ref.sha256, 64)}"
         )
     return manifest
 
@@ -140,10 +146,22 @@ def check_parent(ref: CheckpointRef) -> dict | None:
 def verify_files(path: str | os.PathLike, manifest: dict) -> None:
     """Raise FailedPrecondition when a file listed in the manifest is missing or changed."""
     root = Path(path)
-    for name, digest in (manifest.get("files") or {}).items():
+    files = manifest.get("files") or {}
+    if not isinstance(files, dict):
+        raise FailedPrecondition(f"checkpoint {root}: its manifest's 'files' is not a map of name -> sha256")
+    resolved_root = root.resolve()
+    for name, digest in files.items():
+        if not isinstance(name, str) or not isinstance(digest, str) or "\x00" in name:
+            raise FailedPrecondition(f"checkpoint {root}: its manifest has a malformed 'files' entry")
         file = root / name
+        try:
+            inside = resolved_root in file.resolve().parents
+        except (OSError, RuntimeError):
+            inside = False
+        if not inside:
+            raise FailedPrecondition(f"checkpoint {root}: its manifest lists {quote(name)}, outside the checkpoint")
         if not file.is_file():
-            raise FailedPrecondition(f"checkpoint {root} is incomplete: {name} is missing")
+            raise FailedPrecondition(f"checkpoint {root} is incomplete: {quote(name)} is missing")
         if sha256_file(file) != digest:
-            raise FailedPrecondition(f"checkpoint {root} was modified after it was written: {name} changed")
+            raise FailedPrecondition(f"checkpoint {root} was modified after it was written: {quote(name)} changed")
 

@@ -22,6 +22,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
                        help="job store (one JSON file per job); default <runs-dir>/.trainer [LEAP_STATE_DIR]")
     serve.add_argument("--device", default=env_default("device", "auto"), choices=["auto", "cpu", "cuda", "mps"],
                        help="where jobs train; auto picks cuda when available [LEAP_DEVICE]")
+    serve.add_argument("--max-dataset-mb", type=float, default=env_default("max-dataset-mb", 512.0),
+                       help="largest dataset file accepted, in MiB [LEAP_MAX_DATASET_MB]")
+    serve.add_argument("--max-dataset-rows", type=int, default=env_default("max-dataset-rows", 1_000_000),
+                       help="most rows in one dataset file [LEAP_MAX_DATASET_ROWS]")
+    serve.add_argument("--watch-workers", type=int, default=env_default("watch-workers", 64),
+                       help="WatchJob streams served at once, on threads of their own (more wait until one "
+                            "closes); health and control calls keep the --max-workers threads [LEAP_WATCH_WORKERS]")
     add_server_arguments(serve, DEFAULT_PORT)
     serve.set_defaults(func=run_serve)
 
@@ -30,6 +37,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from services.runtime.config import ServerConfig
     from services.runtime.logs import configure_logging
     from services.runtime.server import serve_forever
+    from services.trainer.datasets import DatasetLimits
     from services.trainer.server import create_service, registrations
     from services.trainer.store import StateDirInUse
 
@@ -38,10 +46,11 @@ def run_serve(args: argparse.Namespace) -> int:
     runs_dir = os.path.abspath(args.runs_dir)
     state_dir = args.state_dir or os.path.join(runs_dir, ".trainer")
     try:
-        service = create_service(state_dir, runs_dir, device=args.device)
+        limits = DatasetLimits(max_bytes=int(args.max_dataset_mb * 1024 * 1024), max_rows=args.max_dataset_rows)
+        service = create_service(state_dir, runs_dir, device=args.device, dataset_limits=limits)
     except StateDirInUse as exc:
         raise SystemExit(f"leap trainer serve: {exc}") from exc
     return serve_forever(
-        config, registrations(service), label="trainer",
+        config, registrations(service, watch_threads=args.watch_workers), label="trainer",
         on_shutdown=[lambda: service.runner.shutdown(timeout=config.grace_seconds), service.store.close],
     )

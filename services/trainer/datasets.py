@@ -31,23 +31,46 @@ Targets (``completion``, ``chosen``, ``rejected``) are non-empty strings; the tr
 tokenizer's end-of-sequence token, and the loss covers the target tokens only (prompt tokens are
 masked). ``meta`` is an optional object (provenance such as task id, iteration, step) and is not
 trained on. ``chosen`` and ``rejected`` must differ.
+
+Limits (`DatasetLimits`, the trainer's --max-dataset-mb / --max-dataset-rows): a file is at most
+`max_bytes` bytes and `max_rows` rows, a JSONL line at most `max_line_bytes`, a row nested at most
+`max_depth` levels. Checking a JSONL file streams it line by line (hashing the same bytes it parses),
+so StartJob's memory does not grow with the file; every string must be valid Unicode (a lone
+surrogate such as ``"\ud800"`` is refused here rather than failing the tokenizer later). Only regular
+files are read (not devices, FIFOs or /proc files).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from services.runtime.errors import InvalidArgument
-from services.runtime.files import sha256_bytes
+from services.runtime.errors import InvalidArgument, quote
 
 ROLES = ("system", "user", "assistant")
 FORMATS = ("jsonl", "parquet")
 MAX_REPORTED_ERRORS = 5
+#: Characters of one row's problem shown in an error (five problems fit well inside a gRPC status).
+_PROBLEM_CHARS = 300
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    """Caps on one dataset file (see the module docstring)."""
+
+    max_bytes: int = 512 * 1024 * 1024
+    max_rows: int = 1_000_000
+    max_line_bytes: int = 8 * 1024 * 1024
+    max_depth: int = 32
+
+
+DEFAULT_LIMITS = DatasetLimits()
 
 
 class DatasetError(InvalidArgument):
@@ -80,6 +103,8 @@ class DatasetFile:
     sha256: str
     size_bytes: int
     examples: list[Example]
+    #: Rows read (blank JSONL lines excluded); equals the rows behind `examples`, also when they are not kept.
+    rows: int = 0
 
 
 def detect_format(path: str, hint: str = "") -> str:
@@ -90,7 +115,7 @@ def detect_format(path: str, hint: str = "") -> str:
     if hint == "parquet":
         return "parquet"
     if hint:
-        raise InvalidArgument(f"dataset format {hint!r} is not supported; use one of: {', '.join(FORMATS)}")
+        raise InvalidArgument(f"dataset format {quote(hint, 40)} is not supported; use one of: {', '.join(FORMATS)}")
     name = path.lower()
     if name.endswith((".jsonl", ".ndjson", ".json")):
         return "jsonl"
@@ -101,65 +126,182 @@ def detect_format(path: str, hint: str = "") -> str:
     )
 
 
-def read_dataset(path: str | os.PathLike, method: str, fmt: str = "") -> DatasetFile:
-    """Read, hash and schema-check one file for `method`. Raises DatasetError naming the bad rows."""
+def read_dataset(path: str | os.PathLike, method: str, fmt: str = "", *, limits: DatasetLimits = DEFAULT_LIMITS,
+                 keep_examples: bool = True) -> DatasetFile:
+    """Read, hash and schema-check one file for `method`. Raises DatasetError naming the bad rows.
+
+    With keep_examples=False (StartJob's check) the examples are validated and counted, not kept, and
+    a JSONL file is streamed: memory stays at about one line whatever the file's size.
+    """
     path = str(path)
     fmt = detect_format(path, fmt)
-    data = Path(path).read_bytes()
-    return parse_dataset(data, path, method, fmt)
+    try:
+        # O_NOFOLLOW: the caller resolved the path; a symlink swapped in since is not followed.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise DatasetError(f"dataset {path} cannot be opened ({exc.strerror or type(exc).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise DatasetError(f"dataset {path} is not a regular file")
+        if info.st_size > limits.max_bytes:
+            raise DatasetError(f"dataset {path} has {info.st_size} bytes, more than this trainer's limit of "
+                               f"{limits.max_bytes} bytes (--max-dataset-mb); split it into several files")
+        if fmt == "jsonl":
+            return _check(_jsonl_rows(f, path, limits), path, method, fmt, limits, keep_examples)
+        data = _read_capped(f, path, limits)
+    return parse_dataset(data, path, method, fmt, limits=limits, keep_examples=keep_examples)
 
 
-def parse_dataset(data: bytes, path: str, method: str, fmt: str) -> DatasetFile:
+def parse_dataset(data: bytes, path: str, method: str, fmt: str, *, limits: DatasetLimits = DEFAULT_LIMITS,
+                  keep_examples: bool = True) -> DatasetFile:
+    """Schema-check the bytes of a dataset file (already read) for `method`."""
+    if len(data) > limits.max_bytes:
+        raise DatasetError(f"dataset {path} has {len(data)} bytes, more than this trainer's limit of "
+                           f"{limits.max_bytes} bytes (--max-dataset-mb); split it into several files")
+    if fmt == "jsonl":
+        return _check(_jsonl_rows(io.BytesIO(data), path, limits), path, method, fmt, limits, keep_examples)
+    return _check(_parquet_rows(data, path, limits), path, method, fmt, limits, keep_examples)
+
+
+class _Tally:
+    """What a row iterator saw besides the rows: the sha256 and size of the bytes it read."""
+
+    def __init__(self):
+        self.hash = hashlib.sha256()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.hash.update(chunk)
+        self.size += len(chunk)
+
+
+def _check(rows: Iterator, path: str, method: str, fmt: str, limits: DatasetLimits,
+           keep_examples: bool) -> DatasetFile:
+    tally: _Tally = next(rows)  # every row iterator yields its tally first
     examples: list[Example] = []
     errors: list[str] = []
-    bad_rows = 0
-    total = 0
-    for where, row, problem in _rows(data, path, fmt):
+    bad_rows = total = count = 0
+    for where, row, problem in rows:
         total += 1
+        if total > limits.max_rows:
+            raise DatasetError(f"dataset {path} has more than {limits.max_rows} rows, this trainer's limit "
+                               "(--max-dataset-rows); split it into several files")
         if problem is None:
             try:
-                examples.extend(validate_row(row, method, where))
+                found = validate_row(row, method, where, max_depth=limits.max_depth)
+                count += len(found)
+                if keep_examples:
+                    examples.extend(found)
                 continue
             except DatasetError as exc:
                 problem = exc.message
         bad_rows += 1
         if len(errors) < MAX_REPORTED_ERRORS:
-            errors.append(problem)
+            errors.append(problem if len(problem) <= _PROBLEM_CHARS else problem[:_PROBLEM_CHARS] + "...")
     if errors:
         more = f" (and {bad_rows - len(errors)} more)" if bad_rows > len(errors) else ""
         raise DatasetError(
             f"dataset {path} does not match the {method.upper()} schema: {bad_rows} of {total} rows are invalid: "
             + "; ".join(errors) + more
         )
-    if not examples:
+    if not count:
         raise DatasetError(f"dataset {path} holds no examples")
-    return DatasetFile(path=path, format=fmt, sha256=sha256_bytes(data), size_bytes=len(data), examples=examples)
+    return DatasetFile(path=path, format=fmt, sha256=tally.hash.hexdigest(), size_bytes=tally.size,
+                       examples=examples, rows=total)
 
 
-def _rows(data: bytes, path: str, fmt: str) -> Iterator[tuple[str, Any, str | None]]:
-    """(where, row, problem) for each row; problem is a parse error message or None."""
-    if fmt == "jsonl":
-        for number, line in enumerate(data.split(b"\n"), start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                yield where, json.loads(line), None
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                yield where, None, f"{where}: not valid JSON ({exc})"
-        return
+def _read_capped(f, path: str, limits: DatasetLimits) -> bytes:
+    """The whole file, refusing it once it passes max_bytes (a file may grow after its size was read)."""
+    data = f.read(limits.max_bytes + 1)
+    if len(data) > limits.max_bytes:
+        raise DatasetError(f"dataset {path} has more than {limits.max_bytes} bytes, this trainer's limit "
+                           "(--max-dataset-mb); split it into several files")
+    return data
+
+
+def _jsonl_rows(f, path: str, limits: DatasetLimits) -> Iterator:
+    """The tally, then (where, row, problem) for each non-blank line; problem is a parse error or None."""
+    tally = _Tally()
+    yield tally
+    number = 0
+    while True:
+        line = f.readline(limits.max_line_bytes + 1)
+        if not line:
+            return
+        tally.add(line)
+        number += 1
+        if tally.size > limits.max_bytes:
+            raise DatasetError(f"dataset {path} has more than {limits.max_bytes} bytes, this trainer's limit "
+                               "(--max-dataset-mb); split it into several files")
+        where = f"{path}:{number}"
+        if len(line) > limits.max_line_bytes and not line.endswith(b"\n"):
+            while True:  # skip (and hash) the rest of the overlong line
+                rest = f.readline(1 << 20)
+                tally.add(rest)
+                if tally.size > limits.max_bytes:
+                    raise DatasetError(f"dataset {path} has more than {limits.max_bytes} bytes, this trainer's "
+                                       "limit (--max-dataset-mb); split it into several files")
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield where, None, (f"{where}: the line is longer than {limits.max_line_bytes} bytes, this trainer's "
+                                "limit for one row")
+            continue
+        if not line.strip():
+            continue
+        try:
+            yield where, json.loads(line), None
+        except RecursionError:
+            yield where, None, f"{where}: not valid JSON (nested too deeply; rows nest at most {limits.max_depth} levels)"
+        except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of more than 4300 digits
+            yield where, None, f"{where}: not valid JSON ({str(exc)[:200]})"
+
+
+def _parquet_rows(data: bytes, path: str, limits: DatasetLimits) -> Iterator:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    tally = _Tally()
+    tally.add(data)
+    yield tally
     try:
-        table = pq.read_table(io.BytesIO(data))
+        parquet = pq.ParquetFile(io.BytesIO(data))
+        if parquet.metadata.num_rows > limits.max_rows:
+            raise DatasetError(f"dataset {path} has {parquet.metadata.num_rows} rows, more than this trainer's "
+                               f"limit of {limits.max_rows} rows (--max-dataset-rows); split it into several files")
+        number = 0
+        for batch in parquet.iter_batches(batch_size=1024):
+            for row in batch.to_pylist():
+                number += 1
+                yield f"{path}:row {number}", row, None
     except (pa.ArrowException, OSError) as exc:
-        raise DatasetError(f"dataset {path} is not a readable Parquet file: {exc}") from exc
-    for number, row in enumerate(table.to_pylist(), start=1):
-        yield f"{path}:row {number}", row, None
+        raise DatasetError(f"dataset {path} is not a readable Parquet file: {str(exc)[:300]}") from None
 
 
-def validate_row(row: Any, method: str, where: str) -> list[Example]:
+def _depth_and_text(value: Any, max_depth: int) -> str | None:
+    """A problem with a parsed row's structure or text (too deep, a lone surrogate), or None."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > max_depth:
+            return f"nested deeper than {max_depth} levels"
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                return (f"holds a lone surrogate ({node[exc.start]!r}), which is not Unicode text: the file was "
+                        "written with a broken encoder")
+        elif isinstance(node, dict):
+            stack.extend((key, depth) for key in node)
+            stack.extend((item, depth + 1) for item in node.values())
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1) for item in node)
+    return None
+
+
+def validate_row(row: Any, method: str, where: str, *, max_depth: int = DEFAULT_LIMITS.max_depth) -> list[Example]:
     """The examples of one row (two for a DPO pair in a KTO job), or DatasetError("where: why")."""
 
     def fail(reason: str):
@@ -167,6 +309,9 @@ def validate_row(row: Any, method: str, where: str) -> list[Example]:
 
     if not isinstance(row, dict):
         fail(f"expected a JSON object, got {type(row).__name__}")
+    problem = _depth_and_text(row, max_depth)
+    if problem is not None:
+        fail(problem)
     messages = _messages(row.get("messages"), fail)
     meta = row.get("meta")
     if meta is None:
@@ -215,7 +360,7 @@ def _messages(value: Any, fail) -> list[dict[str, str]]:
             fail(f"messages[{i}] must be an object with 'role' and 'content'")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            fail(f"messages[{i}].role must be one of {', '.join(ROLES)} (got {role!r})")
+            fail(f"messages[{i}].role must be one of {', '.join(ROLES)} (got {quote(role, 40)})")
         if not isinstance(content, str):
             fail(f"messages[{i}].content must be a string")
         out.append({"role": role, "content": content})

@@ -7,35 +7,37 @@ the manifest names. The parent adapter's files are checked against its manifest 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from services.runtime.errors import FailedPrecondition, NotFound
-from services.runtime.files import sha256_bytes
+from services.runtime.files import sha256_file
 from services.trainer import checkpoints
-from services.trainer.datasets import Example, parse_dataset
+from services.trainer.datasets import DEFAULT_LIMITS, DatasetError, DatasetLimits, Example, read_dataset
 from services.trainer.jobs import JobSpec
 from services.trainer.service import JobCancelled, JobContext, JobOutcome
 
 
-def load_examples(spec: JobSpec) -> list[Example]:
+def load_examples(spec: JobSpec, limits: DatasetLimits = DEFAULT_LIMITS) -> list[Example]:
     examples: list[Example] = []
     for ref in spec.datasets:
         try:
-            data = Path(ref.uri).read_bytes()
+            parsed = read_dataset(ref.uri, spec.method, ref.format, limits=limits)
+            digest = parsed.sha256
         except FileNotFoundError as exc:
             raise NotFound(f"dataset {ref.uri} was removed after the job was submitted") from exc
-        digest = sha256_bytes(data)
+        except DatasetError:
+            digest = sha256_file(ref.uri)
+            if digest == ref.sha256:
+                raise
         if digest != ref.sha256:
             raise FailedPrecondition(f"dataset {ref.uri} changed after the job was submitted "
                                      f"(sha256 {ref.sha256} -> {digest}); resubmit to train on the new content")
-        examples.extend(parse_dataset(data, ref.uri, spec.method, ref.format).examples)
+        examples.extend(parsed.examples)
     return examples
 
 
 def execute_job(context: JobContext) -> JobOutcome:
     spec = context.spec
     context.report(message="reading datasets")
-    examples = load_examples(spec)
+    examples = load_examples(spec, context.dataset_limits)
 
     parent_path = None
     if spec.parent is not None:

@@ -4,6 +4,9 @@ what came of it (JobRecord). Nothing here imports torch or grpc; server.py trans
 Hyper-parameters follow the proto's convention: a zero (or empty) field means LEAP's default, which
 `HyperParameters.resolve(method)` fills in (LoRA r 128, alpha 64, dropout 0.05 on q/k/v/o; lr 3e-5
 cosine for SFT, 5e-7 with beta 0.01 for DPO/KTO; 1 epoch; batch 4; max length 1024; warmup 0.03).
+Every value then has to lie in its range (`INT_RANGES`, `FLOAT_RANGES`): a job that asks for
+rank 2^31-1 or 1e30 epochs is refused at StartJob, naming the field and its range, instead of
+failing (or running for ever) on the worker.
 """
 
 from __future__ import annotations
@@ -13,13 +16,37 @@ import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, quote
 
 METHODS = ("sft", "dpo", "kto")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                  "polynomial", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+MAX_TARGET_MODULES = 64
+
+#: Accepted ranges after defaults are applied: (low, high), both included.
+INT_RANGES = {
+    "lora_r": (1, 1024),
+    "lora_alpha": (1, 4096),
+    "batch_size": (1, 1024),
+    "gradient_accumulation": (1, 1024),
+    "max_length": (16, 131072),
+    "max_steps": (0, 10_000_000),
+    "seed": (0, 2**32 - 1),  # numpy's seed range, which transformers' set_seed uses
+}
+#: (low, high, low included, high included); NaN and infinities are never in range.
+FLOAT_RANGES = {
+    "learning_rate": (0.0, 1.0, False, True),
+    "epochs": (0.0, 1000.0, False, True),
+    "beta": (0.0, 100.0, False, True),
+    "lora_dropout": (0.0, 1.0, True, False),
+    "warmup_ratio": (0.0, 1.0, True, False),
+}
+
+
+def _float_range_text(low: float, high: float, low_in: bool, high_in: bool) -> str:
+    return f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
 
 
 class JobState(str, enum.Enum):
@@ -38,7 +65,7 @@ def check_name(what: str, value: str) -> None:
     """Names become file and directory names: letters, digits, '.', '_', '-' (no path separators)."""
     if not _NAME.match(value or "") or value in (".", ".."):
         raise InvalidArgument(
-            f"{what} {value!r} is not a valid name: use 1-128 letters, digits, '.', '_' or '-', "
+            f"{what} {quote(value, 40)} is not a valid name: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
 
@@ -97,29 +124,26 @@ class HyperParameters:
 
     def validate(self, method: str) -> None:
         problems = []
-        positive_ints = ("lora_r", "lora_alpha", "batch_size", "gradient_accumulation", "max_length")
-        for name in positive_ints:
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be > 0 (got {getattr(self, name)})")
-        for name in ("learning_rate", "epochs", "beta"):
+        for name, (low, high) in INT_RANGES.items():
             value = getattr(self, name)
-            if not math.isfinite(value) or value <= 0:
-                problems.append(f"{name} must be a finite number > 0 (got {value})")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            problems.append(f"warmup_ratio must be in [0, 1) (got {self.warmup_ratio})")
-        if self.max_steps < 0:
-            problems.append(f"max_steps must be >= 0 (got {self.max_steps}); 0 runs the epochs")
-        if self.seed < 0:
-            problems.append(f"seed must be >= 0 (got {self.seed})")
-        if 0 < self.max_length < 16:
-            problems.append(f"max_length must be at least 16 tokens (got {self.max_length})")
+            if not isinstance(value, int) or not low <= value <= high:
+                problems.append(f"{name} must be in [{low}, {high}] (got {quote(value, 24)[1:-1]})")
+        for name, (low, high, low_in, high_in) in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            ok = isinstance(value, (int, float)) and math.isfinite(value) and \
+                (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
+            if not ok:
+                problems.append(f"{name} must be a number in {_float_range_text(low, high, low_in, high_in)} "
+                                f"(got {quote(value, 24)[1:-1]})")
         if self.lr_scheduler not in LR_SCHEDULERS:
-            problems.append(f"lr_scheduler {self.lr_scheduler!r} is unknown; valid: {', '.join(LR_SCHEDULERS)}")
-        bad_modules = [m for m in self.target_modules if not _MODULE.match(m)]
-        if bad_modules:
-            problems.append(f"target_modules must be module names such as q_proj (got {bad_modules})")
+            problems.append(f"lr_scheduler {quote(self.lr_scheduler, 40)} is unknown; valid: {', '.join(LR_SCHEDULERS)}")
+        if len(self.target_modules) > MAX_TARGET_MODULES:
+            problems.append(f"target_modules lists {len(self.target_modules)} modules; at most {MAX_TARGET_MODULES}")
+        else:
+            bad_modules = [m for m in self.target_modules if not _MODULE.match(m)]
+            if bad_modules:
+                problems.append(f"target_modules must be module names such as q_proj (got {quote(bad_modules[0], 40)}"
+                                + (f" and {len(bad_modules) - 1} more)" if len(bad_modules) > 1 else ")"))
         if method == "kto" and 0 < self.batch_size < 2:
             problems.append("KTO needs batch_size >= 2: its KL estimate pairs each prompt with another "
                             "example's completion in the same batch")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from leap.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.runtime.server import Registration
+from services.trainer.datasets import DEFAULT_LIMITS, DatasetLimits
 from services.trainer.jobs import CheckpointRef, DatasetRef, HyperParameters, JobRecord, JobRequest, JobState
 from services.trainer.service import Executor, JobRunner, TrainerService, default_executor
 from services.trainer.store import JobStore
@@ -116,14 +117,24 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServiceServicer):
         return trainer_pb2.ListJobsResponse(jobs=[job_to_proto(r) for r in self.service.list_jobs(request.limit)])
 
 
+#: Threads of the pools of the trainer's long calls (services.runtime.server): watch streams are held
+#: for a whole job; StartJob reads every dataset row.
+DEFAULT_WATCH_THREADS = 64
+START_JOB_THREADS = 4
+
+
 def create_service(state_dir: str | Path, runs_dir: str | Path, device: str = "auto",
-                   execute: Executor = default_executor) -> TrainerService:
+                   execute: Executor = default_executor,
+                   dataset_limits: DatasetLimits = DEFAULT_LIMITS) -> TrainerService:
     """Open the job store (recovering it), start the worker, and return the service."""
     store = JobStore(state_dir)
-    runner = JobRunner(store, execute, device=device)
+    runner = JobRunner(store, execute, device=device, dataset_limits=dataset_limits)
     runner.start()
-    return TrainerService(store, runner, runs_dir)
+    return TrainerService(store, runner, runs_dir, dataset_limits=dataset_limits)
 
 
-def registrations(service: TrainerService) -> list[Registration]:
-    return [Registration(NAME, trainer_pb2_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(service))]
+def registrations(service: TrainerService, watch_threads: int = DEFAULT_WATCH_THREADS) -> list[Registration]:
+    """The trainer service. WatchJob and StartJob run on pools of their own, so that held watch streams
+    (one per watcher, for a job's whole run) never keep GetJob, CancelJob or health checks waiting."""
+    return [Registration(NAME, trainer_pb2_grpc.add_TrainerServiceServicer_to_server, TrainerServicer(service),
+                         long_calls={"WatchJob": watch_threads, "StartJob": START_JOB_THREADS})]

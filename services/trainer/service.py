@@ -9,11 +9,17 @@ StartJob validates everything it can before returning (schemas of every dataset 
 hyper-parameters), persists the job as QUEUED, and hands it to the runner. Cancellation is cooperative:
 a queued job is cancelled at once; a running one stops at the end of its current optimizer step and
 writes no checkpoint. This module never imports torch: executor.py does, when a job runs.
+
+Every path a request names (run_dir, datasets, the parent adapter) must lie under the runs directory
+(services.runtime.paths.confine: relative to it, absolute under it, or file:// under it; symlinks
+resolved); a path elsewhere is INVALID_ARGUMENT with a message that says nothing about what exists
+there. Datasets are capped (DatasetLimits) and checked by a streaming read.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import threading
 import time
@@ -23,10 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from services.models.loading import DEFAULT_MODEL
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from services.models.loading import DEFAULT_MODEL, is_default_alias
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, quote
+from services.runtime.paths import check_text_field, confine
 from services.trainer import checkpoints
-from services.trainer.datasets import read_dataset
+from services.trainer.datasets import DEFAULT_LIMITS, DatasetLimits, read_dataset
 from services.trainer.jobs import (
     METHODS,
     CheckpointRef,
@@ -43,6 +50,10 @@ from services.trainer.store import JobStore
 log = logging.getLogger("leap.trainer")
 
 DEFAULT_OUTPUT_NAME = "student"
+#: Datasets one job may name.
+MAX_DATASETS = 64
+#: A hub model id: "name" or "organisation/name".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 SHUTDOWN_MESSAGE = "trainer was shut down while the job was running; resubmit"
 
 
@@ -60,13 +71,14 @@ class JobContext:
     """What a running job sees: its spec, a progress reporter, and whether it should stop."""
 
     def __init__(self, store: JobStore, record: JobRecord, cancel: threading.Event, shutdown: threading.Event,
-                 device: str):
+                 device: str, dataset_limits: DatasetLimits = DEFAULT_LIMITS):
         self._store = store
         self._cancel = cancel
         self._shutdown = shutdown
         self.job_id = record.job_id
         self.spec = record.spec
         self.device = device
+        self.dataset_limits = dataset_limits
         self.work_dir = store.work_dir(record.job_id)
 
     def cancelled(self) -> bool:
@@ -109,10 +121,12 @@ def default_executor(context: JobContext) -> JobOutcome:
 class JobRunner:
     """The worker: takes QUEUED jobs in submission order and runs them one at a time on its device."""
 
-    def __init__(self, store: JobStore, execute: Executor = default_executor, device: str = "auto"):
+    def __init__(self, store: JobStore, execute: Executor = default_executor, device: str = "auto",
+                 dataset_limits: DatasetLimits = DEFAULT_LIMITS):
         self.store = store
         self.execute = execute
         self.device = device
+        self.dataset_limits = dataset_limits
         self._cv = threading.Condition()
         self._queue: list[str] = []
         self._running: tuple[str, threading.Event] | None = None
@@ -202,7 +216,7 @@ class JobRunner:
 
         record = self.store.update(job_id, mark_running)
         log.info("job started", extra={"job_id": job_id, "method": record.spec.method})
-        context = JobContext(self.store, record, cancel, self._shutdown, self.device)
+        context = JobContext(self.store, record, cancel, self._shutdown, self.device, self.dataset_limits)
         try:
             context.check_cancelled()
             outcome = self.execute(context)
@@ -254,10 +268,12 @@ def describe_error(exc: BaseException) -> str:
 class TrainerService:
     """StartJob / GetJob / CancelJob / ListJobs / WatchJob in plain Python."""
 
-    def __init__(self, store: JobStore, runner: JobRunner, runs_dir: str | Path):
+    def __init__(self, store: JobStore, runner: JobRunner, runs_dir: str | Path,
+                 dataset_limits: DatasetLimits = DEFAULT_LIMITS):
         self.store = store
         self.runner = runner
         self.runs_dir = Path(runs_dir).resolve()
+        self.dataset_limits = dataset_limits
 
     def start_job(self, request: JobRequest) -> JobRecord:
         job_id = request.job_id.strip() or new_job_id()
@@ -311,6 +327,7 @@ class TrainerService:
         run_dir = self._path(request.run_dir, "run_dir") if request.run_dir.strip() else self.runs_dir
         if run_dir.exists() and not run_dir.is_dir():
             raise InvalidArgument(f"run_dir {run_dir} exists and is not a directory")
+        check_text_field(request.base_model, "base_model")
 
         parent = None
         parent_manifest = None
@@ -318,14 +335,19 @@ class TrainerService:
             if not request.parent.uri.strip():
                 raise InvalidArgument("parent.uri is required to continue from a parent adapter")
             parent = CheckpointRef(**vars(request.parent))
+            for name in ("name", "version", "sha256", "base_model"):
+                check_text_field(getattr(parent, name), f"parent.{name}", max_chars=256)
             parent.uri = str(self._path(parent.uri, "parent.uri"))
             parent_manifest = checkpoints.check_parent(parent)
 
         base_model = request.base_model.strip()
-        parent_base = (parent.base_model if parent else "") or (parent_manifest or {}).get("base_model", "")
+        manifest_base = (parent_manifest or {}).get("base_model", "")
+        if not isinstance(manifest_base, str) or len(manifest_base) > 1024:
+            raise FailedPrecondition(f"parent checkpoint {parent.uri}: its manifest's base_model is not a model name")
+        parent_base = (parent.base_model if parent else "") or manifest_base
         if parent_base and base_model and base_model != parent_base:
-            raise InvalidArgument(f"base_model {base_model!r} differs from the parent adapter's base model "
-                                  f"{parent_base!r}; an adapter only continues on the model it was trained on")
+            raise InvalidArgument(f"base_model {quote(base_model)} differs from the parent adapter's base model "
+                                  f"{quote(parent_base)}; an adapter only continues on the model it was trained on")
         base_model = base_model or parent_base or DEFAULT_MODEL
         if parent is not None and not parent.base_model:
             parent.base_model = base_model
@@ -333,16 +355,22 @@ class TrainerService:
 
         if not request.datasets:
             raise InvalidArgument("at least one dataset is required")
+        if len(request.datasets) > MAX_DATASETS:
+            raise InvalidArgument(f"the job names {len(request.datasets)} datasets; at most {MAX_DATASETS} "
+                                  "(concatenate files)")
         datasets = []
         for i, ref in enumerate(request.datasets):
             if not ref.uri.strip():
                 raise InvalidArgument(f"datasets[{i}].uri is empty")
             path = self._path(ref.uri, f"datasets[{i}].uri")
             if not path.is_file():
-                raise NotFound(f"dataset {path} does not exist (datasets[{i}].uri={ref.uri!r})")
-            parsed = read_dataset(path, method, ref.format)
+                raise NotFound(f"dataset {path} does not exist (datasets[{i}].uri={quote(ref.uri)})")
+            try:
+                parsed = read_dataset(path, method, ref.format, limits=self.dataset_limits, keep_examples=False)
+            except FileNotFoundError:
+                raise NotFound(f"dataset {path} does not exist (datasets[{i}].uri={quote(ref.uri)})") from None
             if ref.sha256 and ref.sha256.lower() != parsed.sha256:
-                raise FailedPrecondition(f"dataset {path} has sha256 {parsed.sha256}, not the {ref.sha256} "
+                raise FailedPrecondition(f"dataset {path} has sha256 {parsed.sha256}, not the {quote(ref.sha256, 64)} "
                                          "given in its reference: the file changed")
             datasets.append(DatasetRef(uri=str(path), sha256=parsed.sha256, format=parsed.format,
                                        size_bytes=parsed.size_bytes))
@@ -350,22 +378,34 @@ class TrainerService:
                        run_dir=str(run_dir), hyper_parameters=hyper, parent=parent)
 
     def _path(self, uri: str, what: str) -> Path:
-        """A local path or file:// URI; relative paths are under the runs directory."""
-        uri = uri.strip()
-        if uri.startswith("file://"):
-            uri = uri[len("file://"):]
-        elif "://" in uri:
-            scheme = uri.split("://", 1)[0]
-            raise InvalidArgument(f"{what} uses the {scheme}:// scheme, which this trainer cannot read; "
-                                  "mount the storage and pass a path")
-        path = Path(uri).expanduser()
-        return (path if path.is_absolute() else self.runs_dir / path).resolve()
+        """A path or file:// URI under the runs directory (relative paths are taken from there)."""
+        return confine(self.runs_dir, uri, what)
 
     @staticmethod
     def _check_base_model(base_model: str) -> None:
-        path = Path(base_model).expanduser()
-        if (base_model.startswith((".", "/", "~")) or path.exists()) and not (path / "config.json").is_file():
-            raise InvalidArgument(f"base_model {base_model!r} is not a transformers model folder (no config.json)")
+        """An alias of the embedded model, a hub id, or a model folder (one with config.json).
+
+        Whether a folder that is not a model exists is not said (the same message either way).
+        """
+        if is_default_alias(base_model):
+            return
+        path_like = base_model.startswith((".", "/", "~"))
+        if not path_like and _HUB_ID.match(base_model):
+            try:
+                if not Path(base_model).exists():
+                    return  # a hub id, loaded by the worker (a local folder of that name wins)
+            except OSError:
+                pass
+        elif not path_like:
+            raise InvalidArgument(f"base_model {quote(base_model)} is neither a model alias (smollm2), a hub id "
+                                  "(organisation/name) nor a path to a model folder")
+        try:
+            is_model = (Path(base_model).expanduser() / "config.json").is_file()
+        except (OSError, ValueError):
+            is_model = False
+        if not is_model:
+            raise InvalidArgument(f"base_model {quote(base_model)} is not a transformers model folder "
+                                  "(a folder with config.json) on the trainer's machine")
 
 
 def new_job_id() -> str:

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from services.runtime.errors import AlreadyExists, NotFound
+from services.runtime.errors import AlreadyExists, NotFound, quote
 from services.runtime.files import atomic_write_json
 from services.trainer.jobs import JobRecord, JobState
 
@@ -125,7 +125,7 @@ class JobStore:
                 if same_job(existing):
                     return existing.copy(), False
                 raise AlreadyExists(
-                    f"job id {record.job_id!r} is already used by a job with a different spec; "
+                    f"job id {quote(record.job_id)} is already used by a job with a different spec; "
                     "choose a new job_id (or leave it empty to get one)"
                 )
             self._sequence += 1
@@ -181,7 +181,7 @@ class JobStore:
     def _require(self, job_id: str) -> JobRecord:
         record = self._jobs.get(job_id)
         if record is None:
-            raise NotFound(f"no job with id {job_id!r}; ListJobs shows the known jobs")
+            raise NotFound(f"no job with id {quote(job_id)}; ListJobs shows the known jobs")
         return record
 
     def _commit(self, record: JobRecord, persist: bool = True) -> None:

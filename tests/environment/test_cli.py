@@ -15,6 +15,7 @@ import pytest
 from services.environment import cli
 from services.environment.backends.household import HouseholdBackend
 from services.environment.client import EnvironmentClient, PrivilegedClient, task_ref
+from services.runtime.cli import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,8 +43,8 @@ def test_tasks_in_process(capsys):
     assert run(["tasks", "--split", "valid_seen", "--offset", "2", "--limit", "3", "-o", "valid_seen_tasks=10"]) == 0
     out = capsys.readouterr().out
     assert "valid_seen-00002" in out and "valid_seen-00004" in out and "valid_seen-00005" not in out
-    assert run(["tasks", "--split", "nope"]) == 1
-    assert "valid splits" in capsys.readouterr().out
+    assert run(["tasks", "--split", "nope"]) == 2  # a bad input: exit code 2, one line on stderr
+    assert "valid splits" in capsys.readouterr().err
 
 
 def test_play_in_process_to_a_win(monkeypatch, capsys):
@@ -65,9 +66,9 @@ def test_play_shows_what_the_teacher_sees(monkeypatch, capsys):
 
 def test_option_parsing():
     assert cli._parse_options(["a=1", "household:b=x:y"], ["household"]) == {"household": {"a": "1", "b": "x:y"}}
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError):
         cli._parse_options(["novalue"], ["household"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError):
         cli._parse_options(["webshop:a=1"], ["household"])
 
 

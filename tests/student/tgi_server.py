@@ -24,6 +24,7 @@ makes the next generate requests fail with a given status, to test the client's 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import warnings
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -51,6 +52,8 @@ class TGITestServer:
         self.requests: list[dict] = []  # every generate request body received, in order
         self._failures: list[int] = []
         self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()  # open client connections (HTTP/1.1 keep-alive)
+        self._connections_lock = threading.Lock()
         handler = self._handler_class()
         self.httpd = ThreadingHTTPServer((host, port), handler)
         self.httpd.daemon_threads = True
@@ -67,6 +70,26 @@ class TGITestServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def pause(self) -> None:
+        """Go down until resume(): stop listening (new connections are refused) and cut the open ones
+        (a kept-alive connection would otherwise go on being served by its handler thread)."""
+        self.stop()
+        self._thread.join(10)
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def resume(self) -> None:
+        """Listen again on the same port."""
+        self.httpd = ThreadingHTTPServer(self.httpd.server_address, self._handler_class())
+        self.httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True, name="tgi-test-server")
+        self._thread.start()
 
     def fail_next(self, status: int, count: int = 1) -> None:
         """The next `count` generate requests answer `status` with TGI's error body."""
@@ -203,6 +226,16 @@ class TGITestServer:
 
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
+
+            def setup(self) -> None:
+                super().setup()
+                with server._connections_lock:
+                    server._connections.add(self.connection)
+
+            def finish(self) -> None:
+                with server._connections_lock:
+                    server._connections.discard(self.connection)
+                super().finish()
 
             def _send(self, status: int, payload: Any | None) -> None:
                 body = b"" if payload is None else json.dumps(payload).encode()

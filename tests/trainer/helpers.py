@@ -53,9 +53,9 @@ TINY = {"lora_r": 8, "lora_alpha": 16, "max_length": 256, "batch_size": 4, "lear
 class TrainerServer:
     """A trainer service in this process, served over real gRPC on a free loopback port."""
 
-    def __init__(self, state_dir: Path, runs_dir: Path, execute=None):
+    def __init__(self, state_dir: Path, runs_dir: Path, execute=None, **service_options):
         kwargs = {"execute": execute} if execute is not None else {}
-        self.service = create_service(state_dir, runs_dir, device="cpu", **kwargs)
+        self.service = create_service(state_dir, runs_dir, device="cpu", **kwargs, **service_options)
         self.host = ServiceHost(ServerConfig(port=0), registrations(self.service), label="trainer-test")
         self.port = self.host.start()
         self.address = f"127.0.0.1:{self.port}"

@@ -114,12 +114,12 @@ def test_hyper_parameter_defaults_follow_leap():
 
 
 @pytest.mark.parametrize("hp,expected", [
-    (HyperParameters(lora_r=-1), "lora_r must be > 0"),
-    (HyperParameters(lora_dropout=1.5), "lora_dropout must be in [0, 1)"),
-    (HyperParameters(learning_rate=float("nan")), "learning_rate must be a finite number"),
+    (HyperParameters(lora_r=-1), "lora_r must be in [1, 1024] (got -1)"),
+    (HyperParameters(lora_dropout=1.5), "lora_dropout must be a number in [0, 1) (got 1.5)"),
+    (HyperParameters(learning_rate=float("nan")), "learning_rate must be a number in (0, 1] (got nan)"),
     (HyperParameters(lr_scheduler="sawtooth"), "lr_scheduler 'sawtooth' is unknown"),
     (HyperParameters(target_modules=["q_proj", "../x"]), "target_modules must be module names"),
-    (HyperParameters(max_steps=-3), "max_steps must be >= 0"),
+    (HyperParameters(max_steps=-3), "max_steps must be in [0, 10000000] (got -3)"),
 ])
 def test_bad_hyper_parameters_are_invalid_argument(hp, expected):
     with pytest.raises(InvalidArgument, match=expected.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)")):

@@ -204,7 +204,10 @@ def test_bad_requests_fail_at_start_job(server, client, runs, tmp_path):
     assert code_of(output_name="../escape")[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(job_id="a/b")[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(base_model=str(tmp_path))[0] == grpc.StatusCode.INVALID_ARGUMENT  # a folder, not a model
-    assert code_of(parent=common_pb2.CheckpointRef(uri=str(tmp_path / "no-adapter")))[0] == grpc.StatusCode.NOT_FOUND
+    assert code_of(parent=common_pb2.CheckpointRef(uri=str(runs / "no-adapter")))[0] == grpc.StatusCode.NOT_FOUND
+    # Outside the runs directory: refused before the file system is asked (tests/trainer/test_hostile.py).
+    assert code_of(parent=common_pb2.CheckpointRef(uri=str(tmp_path / "no-adapter")))[0] == \
+        grpc.StatusCode.INVALID_ARGUMENT
 
     with pytest.raises(grpc.RpcError) as err:
         client.stub.StartJob(S.StartJobRequest(datasets=[common_pb2.ArtifactRef(uri="data/sft.jsonl")]))

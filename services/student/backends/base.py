@@ -38,6 +38,12 @@ class Backend(ABC):
     #: True when the backend honours `Sampling.constrain_action` (restricts the action's tokens to
     #: `GenerationRequest.candidates`).
     supports_action_constraint: bool = False
+    #: Seconds between health checks while serving (0: the backend cannot fail once started).
+    health_interval: float = 0.0
+
+    def check_health(self) -> bool:
+        """Whether the backend can answer now (called every `health_interval` seconds while serving)."""
+        return self.ready
 
     @abstractmethod
     def start(self) -> None:

@@ -39,9 +39,18 @@ Merged adapter
 
 Hot swap
     `prepare_adapter` reads and verifies the checkpoint on the caller's thread (hashes, config,
-    safetensors structure, weight shapes against the model) and loads its tensors; only the final
-    injection runs on the scheduler thread, between two decode steps, so requests keep flowing and
-    no forward pass ever sees a half-loaded adapter. A failed injection is rolled back.
+    safetensors structure, weight shapes against the model, every weight finite and at most
+    MAX_ABS_WEIGHT in size) and loads its tensors; only the final injection runs on the scheduler
+    thread, between two decode steps, so requests keep flowing and no forward pass ever sees a
+    half-loaded adapter. The injected adapter then runs one probe forward pass; scores that are not
+    finite refuse it. A failed injection is rolled back.
+
+Failures and cancellation
+    A row whose scores are not finite (weights gone bad) or whose sampling fails is failed on its own
+    and leaves the batch; the other rows of the forward pass go on. A row whose request is cancelled
+    (the caller's deadline passed, or its client cancelled the call) leaves the queue or the batch at
+    the next decode step: it stops generating and frees its slot. `rows_in_flight()`,
+    `cancelled_rows` and `failed_rows` say what the scheduler holds and has dropped.
 
 Models: "smollm2" (default, offline), any local folder, or a hub id; bf16/fp16 on GPU, bf16 on CPUs with
 AMX (native bf16 matmuls, 3-4x faster prefill there), fp32 on other CPUs.
@@ -55,7 +64,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict, deque
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -63,11 +72,11 @@ from typing import Any, Callable
 import torch
 
 from services.models import is_default_alias, load_model_and_tokenizer, resolve_model
-from services.runtime.errors import FailedPrecondition, Unavailable
+from services.runtime.errors import FailedPrecondition, Internal, Unavailable, quote
 from services.student import metrics
 from services.student.backends.base import Backend, PreparedAdapter
 from services.student.backends.kv_cache import drop_leading, is_full_attention, merge_into, new_decode_cache
-from services.student.checkpoints import check_base_model, read_checkpoint
+from services.student.checkpoints import CheckpointLimits, check_base_model, read_checkpoint
 from services.student.prompts import action_line_complete, chat_prompt, ends_with_action_label
 from services.student.types import (
     CheckpointSpec,
@@ -82,6 +91,11 @@ log = logging.getLogger("leap.student.local")
 _SMOLLM2_NAMES = ("smollm2", "smollm2-135m", "smollm2-135m-instruct", "default",
                   "HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct")
 _BASE_ROW = "__base__"  # peft's name for "no adapter" in per-row adapter_names
+#: Largest absolute value of an adapter weight that is served. Trained LoRA weights stay far below 1;
+#: a weight of 1e30 (finite in fp32) overflows any forward pass it takes part in.
+MAX_ABS_WEIGHT = 1e4
+#: The text of the probe forward pass a freshly injected adapter must answer with finite scores.
+_PROBE_TEXT = "You are in the middle of a room. Your task is to: put a clean apple in fridge.\nREASON:"
 
 
 @dataclass
@@ -99,8 +113,12 @@ class LocalOptions:
     max_wait_ms: float = 10.0
     #: Stop a row at the end of its ACTION line (True) or only at eos / max_new_tokens.
     stop_at_action_line: bool = True
-    #: Relative checkpoint URIs resolve against this folder (the shared run root).
-    checkpoint_root: str = ""
+    #: The adapters root: LoadAdapter reads checkpoint folders under it only (relative URIs are taken
+    #: from it; absolute ones, '..' and symlinks must stay in it). The server always sets one
+    #: (--adapters-root); "" (embedding, tests) accepts any local folder.
+    adapters_root: str = ""
+    #: Caps on a checkpoint's files (weights size, JSON sizes, LoRA rank).
+    checkpoint_limits: CheckpointLimits = CheckpointLimits()
     #: Cache the KV of the shared system message (per adapter) and prefill only the rest of a prompt.
     prefix_cache: bool = True
     #: System-message caches kept (one per system message and adapter), least recently used dropped.
@@ -183,6 +201,24 @@ class _Row:
         self.choice = choice
 
 
+def _resolve(future: Future, result: Any) -> None:
+    """Set a row's result unless the row was already resolved or cancelled."""
+    try:
+        if not future.done():
+            future.set_result(result)
+    except InvalidStateError:  # cancelled between the check and the set
+        pass
+
+
+def _fail(future: Future, exc: BaseException) -> None:
+    """Set a row's exception unless the row was already resolved or cancelled."""
+    try:
+        if not future.done():
+            future.set_exception(exc)
+    except InvalidStateError:
+        pass
+
+
 class _Batch:
     """Rows decoding together: their shared KV cache, attention mask and next-token logits."""
 
@@ -230,6 +266,11 @@ class LocalBackend(Backend):
         self._system_ids: dict[str, list[int]] = {}  # rendered system message -> its ids (tokenizer thread)
         self._colon_ids: frozenset[int] = frozenset()  # tokens whose text has a ":" (may end an ACTION label)
         self._label_ids: dict[bool, list[int]] = {}  # after a newline? -> ids of the ACTION label to write
+        self._probe_ids: list[int] = []
+        self._active_rows = 0  # rows of the running batch (written by the scheduler thread)
+        #: Rows dropped because their request was cancelled / failed alone (the batch went on).
+        self.cancelled_rows = 0
+        self.failed_rows = 0
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -253,6 +294,7 @@ class LocalBackend(Backend):
             True: list(self.tokenizer("ACTION:", add_special_tokens=False)["input_ids"]),
             False: list(self.tokenizer("\nACTION:", add_special_tokens=False)["input_ids"]),
         }
+        self._probe_ids = list(self.tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"])
         self._linear_shapes = {
             name: (module.in_features, module.out_features)
             for name, module in self.model.named_modules()
@@ -290,8 +332,7 @@ class LocalBackend(Backend):
         with self._cond:
             while self._pending:
                 row = self._pending.popleft()
-                if not row.future.done():
-                    row.future.set_exception(Unavailable("the student server is shutting down"))
+                _fail(row.future, Unavailable("the student server is shutting down"))
             while self._control:
                 _, fut = self._control.popleft()
                 if not fut.done():
@@ -300,6 +341,15 @@ class LocalBackend(Backend):
     @property
     def ready(self) -> bool:
         return self._ready.is_set()
+
+    def rows_in_flight(self) -> int:
+        """Rows the scheduler holds: queued plus generating."""
+        with self._cond:
+            return len(self._pending) + self._active_rows
+
+    def rows_generating(self) -> int:
+        """Rows of the running batch."""
+        return self._active_rows
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -368,6 +418,9 @@ class LocalBackend(Backend):
         with torch.inference_mode():
             while not self._stop.is_set():
                 newcomers: list[_Row] = []
+                self._active_rows = len(batch.rows) if batch is not None else 0
+                with self._cond:
+                    self._drop_cancelled_pending()  # a full batch takes no newcomers: drop them here too
                 try:
                     if batch is None:
                         self._wait_for_work()
@@ -389,14 +442,15 @@ class LocalBackend(Backend):
                             joined = self._prefill(newcomers)
                             batch = joined if batch is None else self._merge(batch, joined)
                 except Exception as exc:  # noqa: BLE001 - fail the rows involved, keep serving
+                    # A failed forward pass (out of memory, a broken layer) leaves no usable cache for
+                    # any of its rows; failures of single rows are handled in _step and never get here.
                     log.exception("generation failed; failing the rows of this batch")
                     for row in (batch.rows if batch is not None else []) + newcomers:
-                        if not row.future.done():
-                            row.future.set_exception(exc)
+                        _fail(row.future, exc)
                     batch = None
+            self._active_rows = 0
             for row in batch.rows if batch is not None else []:
-                if not row.future.done():
-                    row.future.set_exception(Unavailable("the student server is shutting down"))
+                _fail(row.future, Unavailable("the student server is shutting down"))
 
     def _wait_for_work(self) -> None:
         with self._cond:
@@ -432,14 +486,21 @@ class LocalBackend(Backend):
         return rows
 
     def _drop_cancelled_pending(self) -> None:
+        """Drop queued rows whose request was cancelled (call with self._cond held)."""
         if any(row.request.cancelled.is_set() for row in self._pending):
             kept = deque()
             for row in self._pending:
                 if row.request.cancelled.is_set():
                     row.future.cancel()
+                    self._count_cancelled()
                 else:
                     kept.append(row)
             self._pending = kept
+            metrics.QUEUE_DEPTH.set(len(self._pending))
+
+    def _count_cancelled(self) -> None:
+        self.cancelled_rows += 1
+        metrics.DROPPED_ROWS.labels("cancelled").inc()
 
     # -- model calls -----------------------------------------------------------------------------
 
@@ -642,19 +703,29 @@ class LocalBackend(Backend):
     # -- sampling and stopping -------------------------------------------------------------------
 
     def _step(self, batch: _Batch) -> _Batch | None:
-        """Pick each row's next token, finish rows that are done, drop them from the batch."""
+        """Pick each row's next token, finish rows that are done, drop them from the batch.
+
+        A row whose scores are not finite, or whose sampling or stopping check fails, fails on its own
+        (its caller gets the error) and leaves the batch like a finished row; the others go on.
+        """
         chosen = self._select_tokens(batch)
         keep: list[int] = []
         for i, (row, token) in enumerate(zip(batch.rows, chosen)):
-            if row.choice is not None:
-                reason = self._constrained_step(row, token)
-            else:
-                row.tokens.append(token)
-                reason = self._finish_reason(row, token)
+            try:
+                if isinstance(token, Exception):
+                    raise token
+                if row.choice is not None:
+                    reason = self._constrained_step(row, token)
+                else:
+                    row.tokens.append(token)
+                    reason = self._finish_reason(row, token)
+                if reason is not None:
+                    self._complete(row, reason)
+            except Exception as exc:  # noqa: BLE001 - this row fails; its batch companions go on
+                self._fail_row(row, exc)
+                continue
             if reason is None:
                 keep.append(i)
-                continue
-            self._complete(row, reason)
         if len(keep) == len(batch.rows):
             return batch
         if not keep:
@@ -741,27 +812,45 @@ class LocalBackend(Backend):
         row.tokens.extend(tail)  # a single candidate: nothing left to choose
         return "action_choice"
 
-    def _select_tokens(self, batch: _Batch) -> list[int]:
+    def _select_tokens(self, batch: _Batch) -> list[int | Exception]:
+        """Each row's next token, or the exception that row failed with."""
         logits = batch.logits
-        chosen = logits.argmax(dim=-1).tolist()
+        chosen: list[int | Exception] = logits.argmax(dim=-1).tolist()
+        finite = torch.isfinite(logits).all(dim=-1).tolist()
         for i, row in enumerate(batch.rows):
-            sampling = row.request.sampling
-            choice = row.choice
-            if choice is not None and choice.node is not None and not choice.forced:
-                chosen[i] = self._choose_in_tree(logits[i], choice.node, row)
+            if not finite[i]:
+                chosen[i] = self._non_finite(row)
                 continue
-            if sampling.greedy:
-                continue
-            scores = logits[i] / max(sampling.temperature, 1e-5)
-            probs = torch.softmax(scores, dim=-1)
-            if sampling.top_p < 1.0:
-                sorted_probs, order = torch.sort(probs, descending=True)
-                cumulative = torch.cumsum(sorted_probs, dim=-1)
-                drop = (cumulative - sorted_probs) >= sampling.top_p  # keep the smallest set reaching top_p
-                sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            chosen[i] = int(torch.multinomial(probs, 1, generator=row.generator).item())
+            try:
+                chosen[i] = self._select_token(logits[i], row, chosen[i])
+            except Exception as exc:  # noqa: BLE001 - reported on this row alone
+                chosen[i] = exc
         return chosen
+
+    @staticmethod
+    def _non_finite(row: _Row) -> Exception:
+        version = row.request.version
+        if row.request.adapter_handle:
+            return FailedPrecondition(
+                f"the model's scores for this row are non-finite (NaN or inf) on adapter version {version!r}: "
+                "its weights are broken; unload it and load a sound checkpoint, or pin another version")
+        return Internal("the model's scores for this row are non-finite (NaN or inf) on the base model")
+
+    def _select_token(self, logits: torch.Tensor, row: _Row, greedy_token: int) -> int:
+        sampling = row.request.sampling
+        choice = row.choice
+        if choice is not None and choice.node is not None and not choice.forced:
+            return self._choose_in_tree(logits, choice.node, row)
+        if sampling.greedy:
+            return greedy_token
+        probs = torch.softmax(logits / max(sampling.temperature, 1e-5), dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            cumulative = torch.cumsum(sorted_probs, dim=-1)
+            drop = (cumulative - sorted_probs) >= sampling.top_p  # keep the smallest set reaching top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=row.generator).item())
 
     def _choose_in_tree(self, logits: torch.Tensor, node: dict, row: _Row) -> int:
         """The next action token among `node`'s children (`_END` when eos wins and a candidate ends here)."""
@@ -796,15 +885,26 @@ class LocalBackend(Backend):
     def _complete(self, row: _Row, reason: str) -> None:
         if reason == "cancelled":
             row.future.cancel()
+            self._count_cancelled()
             return
         with self._tokenizer_lock:
             text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
         metrics.GENERATED_TOKENS.inc(len(row.tokens))
         metrics.PROMPT_TOKENS.inc(row.request.prompt.token_count)
-        if not row.future.done():
-            row.future.set_result(Generation(text=text, token_ids=list(row.tokens),
-                                             prompt_tokens=row.request.prompt.token_count,
-                                             batch_size=row.max_batch, finish_reason=reason))
+        _resolve(row.future, Generation(text=text, token_ids=list(row.tokens),
+                                        prompt_tokens=row.request.prompt.token_count,
+                                        batch_size=row.max_batch, finish_reason=reason))
+
+    def _fail_row(self, row: _Row, exc: Exception) -> None:
+        """Fail one row on its own (it leaves the batch; the others go on)."""
+        self.failed_rows += 1
+        metrics.DROPPED_ROWS.labels("failed").inc()
+        if isinstance(exc, (FailedPrecondition, Internal)) and "non-finite" in exc.message:
+            log.warning("a row failed alone: %s", exc.message, extra={"version": row.request.version})
+        else:
+            log.error("a row failed alone", exc_info=exc, extra={"version": row.request.version})
+            exc = Internal(f"generation failed for this row: {type(exc).__name__}: {str(exc)[:200]}")
+        _fail(row.future, exc)
 
     # -- control commands (run on the scheduler thread between decode steps) ---------------------
 
@@ -832,7 +932,7 @@ class LocalBackend(Backend):
         from peft import PeftConfig
         from safetensors.torch import load as load_safetensors
 
-        files = read_checkpoint(spec, self.options.checkpoint_root or None)
+        files = read_checkpoint(spec, self.options.adapters_root or None, self.options.checkpoint_limits)
         check_base_model(files, self._base_names)
         try:
             config = PeftConfig.from_peft_type(**files.config)
@@ -844,12 +944,28 @@ class LocalBackend(Backend):
             state = load_safetensors(files.weights_bytes)
         except Exception as exc:  # noqa: BLE001
             raise FailedPrecondition(f"{files.directory}/adapter_model.safetensors cannot be read: {exc}") from exc
+        self._check_values(state, str(files.directory))
         # LoRA weights run in the model's dtype: kept in fp32 beside a bf16 model, every LoRA layer would
         # cast its input to fp32 and multiply without the bf16 units (measured on a 2-core CPU with AMX:
         # the LoRA path then cost as much as the base layers).
         state = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
                  for k, v in state.items()}
+        self._check_values(state, str(files.directory))  # again in the model's dtype (fp16 overflows at 65504)
         return PreparedAdapter(spec, files.digest, payload=(config, state, files))
+
+    @staticmethod
+    def _check_values(state: dict, where: str) -> None:
+        """Every floating weight finite and at most MAX_ABS_WEIGHT in size (FailedPrecondition otherwise)."""
+        for key, tensor in state.items():
+            if not tensor.is_floating_point() or tensor.numel() == 0:
+                continue
+            if not bool(torch.isfinite(tensor).all()):
+                raise FailedPrecondition(f"{where}: {quote(key)} holds values that are not finite (NaN or inf); "
+                                         "the adapter is broken and is not served")
+            peak = float(tensor.abs().max())
+            if peak > MAX_ABS_WEIGHT:
+                raise FailedPrecondition(f"{where}: {quote(key)} holds values up to {peak:.3g}, which exceed the "
+                                         f"{MAX_ABS_WEIGHT:g} a LoRA weight can sensibly have; the adapter is not served")
 
     def _check_shapes(self, tensors: dict[str, tuple[str, tuple[int, ...]]], config, where: str) -> None:
         """Every LoRA tensor must sit on a Linear layer of this model, with matching in/out sizes."""
@@ -861,14 +977,17 @@ class LocalBackend(Backend):
                     module = name[: -len(part)]
                     if module not in self._linear_shapes:
                         raise FailedPrecondition(
-                            f"{where}: the adapter targets {module!r}, which this base model does not have "
+                            f"{where}: the adapter targets {quote(module)}, which this base model does not have "
                             "(trained on another model?)")
                     in_f, out_f = self._linear_shapes[module]
-                    rank = shape[0] if part == ".lora_A.weight" else shape[1] if len(shape) == 2 else -1
+                    if len(shape) != 2:
+                        raise FailedPrecondition(f"{where}: {quote(key)} has {len(shape)} dimensions; a LoRA "
+                                                 "weight is a matrix")
+                    rank = shape[0] if part == ".lora_A.weight" else shape[1]
                     expected = (rank, in_f) if part == ".lora_A.weight" else (out_f, rank)
-                    if len(shape) != 2 or tuple(shape) != expected or (not rank_pattern and rank != config.r):
+                    if tuple(shape) != expected or (not rank_pattern and rank != config.r):
                         raise FailedPrecondition(
-                            f"{where}: {key} has shape {list(shape)}, but {module!r} needs "
+                            f"{where}: {quote(key)} has shape {list(shape)[:8]}, but {quote(module)} needs "
                             f"{[config.r if not rank_pattern else 'r', in_f] if part == '.lora_A.weight' else [out_f, 'r']}"
                             " (r from adapter_config.json): the adapter does not fit this base model")
                     break
@@ -906,6 +1025,7 @@ class LocalBackend(Backend):
             for name, param in self.peft.named_parameters():
                 if f".{handle}." in name:
                     param.requires_grad_(False)
+            self._probe(handle, where)
             # A new PeftModel starts with `handle` active; after add_adapter the layers' state is
             # re-asserted before the next uniform forward.
             self._adapter_mode = handle if created else None
@@ -919,6 +1039,19 @@ class LocalBackend(Backend):
             raise FailedPrecondition(f"{where}: the adapter could not be loaded: {type(exc).__name__}: {exc}") from exc
         metrics.LOADED_ADAPTERS.set(len(self.peft.peft_config))
 
+    def _probe(self, handle: str, where: str) -> None:
+        """One forward pass on the fresh adapter: scores that are not finite refuse it (FailedPrecondition).
+
+        Finite weights can still overflow together (large A and B in a low-precision model); this pass
+        catches that before any request runs on the adapter.
+        """
+        self._set_adapter_mode(handle)
+        ids = torch.tensor([self._probe_ids], dtype=torch.long, device=self.device)
+        logits = self.peft(input_ids=ids, use_cache=False).logits
+        if not bool(torch.isfinite(logits).all()):
+            raise FailedPrecondition(f"{where}: the adapter's scores on a probe prompt are not finite (NaN or inf); "
+                                     "its weights are broken and it is not served")
+
     def _rollback(self, handle: str, created: bool) -> None:
         self._mergeable.discard(handle)
         try:
@@ -927,17 +1060,29 @@ class LocalBackend(Backend):
                 self.peft = None
                 self._adapter_mode = None
             elif handle in self.peft.peft_config:
-                self.peft.delete_adapter(handle)
-                self._adapter_mode = None
+                self._delete_peft_adapter(handle)
         except Exception:  # noqa: BLE001
             log.exception("rollback of a failed adapter load failed", extra={"handle": handle})
+
+    def _delete_peft_adapter(self, handle: str) -> None:
+        """Delete an adapter from the peft model and leave peft's notion of the active adapter valid.
+
+        peft 0.21 picks the new active adapter per layer; when the last layer it visits held only the
+        deleted adapter, the tuner ends with none active and PeftModel.active_adapter keeps naming the
+        deleted one, so the next forward fails with a KeyError. A survivor is made active instead; the
+        next forward re-asserts the mode it needs (_adapter_mode None).
+        """
+        self.peft.delete_adapter(handle)
+        if self.peft.active_adapter not in self.peft.peft_config:
+            self.peft.set_adapter(next(iter(self.peft.peft_config)), inference_mode=True)
+        self._adapter_mode = None
 
     def remove_adapter(self, handle: str) -> None:
         def delete() -> None:
             if self.peft is not None and handle in self.peft.peft_config and len(self.peft.peft_config) > 1:
                 if handle == self._merged:
                     self._restore_base_weights()
-                self.peft.delete_adapter(handle)
+                self._delete_peft_adapter(handle)
                 self._mergeable.discard(handle)
                 self._adapter_mode = None
                 self._forget_prefixes(handle)

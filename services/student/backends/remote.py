@@ -12,6 +12,14 @@
 Retries: 429 and 5xx answers, timeouts and connection errors are retried with exponential backoff
 and jitter (`retries` times); other 4xx answers are not (the request itself is wrong).
 
+Health: `start` waits for the server to answer, then makes a real one-token generation (the call
+every Act makes): a server that is up but cannot generate, a wrong model name, a refused key, or a
+process where huggingface_hub refuses HTTP (HF_HUB_OFFLINE=1 blocks every request it makes, also to
+a local endpoint) fail the start with a clear error instead of a "ready" server whose every Act
+fails. While serving, `check_health` (every `health_interval` seconds) counts a recent successful
+generation as proof of life and otherwise probes again; the service reports NOT_SERVING while that
+fails.
+
 Hot swap: a remote server's weights cannot be swapped from here (TGI loads LoRA adapters only at
 startup). LoadAdapter registers a version whose requests carry `CheckpointRef.uri` as the adapter id
 (TGI) or model name (OpenAI); the id is probed with a one-token request first, and an id the server
@@ -74,6 +82,10 @@ class RemoteOptions:
     #: Seconds `start` waits for the server's health check.
     startup_timeout: float = 60.0
     api_key: str = ""
+    #: Seconds between health checks while serving (0: none); see the module docstring.
+    health_interval: float = 10.0
+    #: Seconds one health probe may take.
+    probe_timeout: float = 10.0
 
 
 class RemoteError(Exception):
@@ -114,6 +126,12 @@ def _server_message(exc: BaseException) -> str:
     return text[0][:300] if text else type(exc).__name__
 
 
+OFFLINE_MESSAGE = (
+    "huggingface_hub refuses every HTTP request while HF_HUB_OFFLINE is set, including those to the inference "
+    "server at {endpoint}: unset HF_HUB_OFFLINE (and TRANSFORMERS_OFFLINE) for the student process; give --model "
+    "a local folder (or 'smollm2') so that the tokenizer needs no hub")
+
+
 def is_retryable(status: int | None) -> bool:
     """429 and 5xx are worth retrying; other 4xx mean the request itself is wrong."""
     return status is None or status == 429 or status >= 500
@@ -147,16 +165,18 @@ class RemoteBackend(Backend):
         self.remote_model = options.remote_model
         self.server_info: dict[str, Any] = {}
         self._client = None
+        self._probe_client = None
         self._pool = ThreadPoolExecutor(max_workers=max(1, options.max_concurrency),
                                         thread_name_prefix=f"student-{options.flavor}")
         self._ready = threading.Event()
         self._closed = threading.Event()
         self._tokenizer_lock = threading.Lock()
+        self.health_interval = max(0.0, options.health_interval)
+        self._last_success = 0.0  # time.monotonic() of the last generation the server answered
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> None:
-        from huggingface_hub import InferenceClient
         from transformers import AutoTokenizer
 
         from services.models import resolve_model
@@ -167,14 +187,12 @@ class RemoteBackend(Backend):
         self.tokenizer = AutoTokenizer.from_pretrained(spec.location)
         if not self.remote_model:
             self.remote_model = spec.location
-        token = self.options.api_key or None
-        if self.options.flavor == "tgi":
-            self._client = InferenceClient(model=f"{self.endpoint}/generate", timeout=self.options.timeout, token=token)
-        else:
-            self._client = InferenceClient(base_url=self.endpoint, timeout=self.options.timeout, token=token)
+        self._client = self._make_client(self.options.timeout)
+        self._probe_client = self._make_client(self.options.probe_timeout)  # health probes: no retries, short
         self._wait_healthy()
         if self.options.flavor == "tgi":
             self.server_info = self._get_json("/info")
+        self._startup_probe()
         self._ready.set()
         log.info("remote server ready", extra={"endpoint": self.endpoint, "flavor": self.options.flavor,
                                                "model": self.server_info.get("model_id", self.remote_model)})
@@ -202,11 +220,56 @@ class RemoteBackend(Backend):
             try:
                 self._get_json("/health")
                 return
+            except urllib.error.HTTPError as exc:
+                if self.options.flavor == "openai" and exc.code in (404, 405):
+                    return  # OpenAI-compatible servers need not have /health: the probe call decides
+                last = exc
+                time.sleep(0.5)
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 last = exc
                 time.sleep(0.5)
         raise Unavailable(f"the remote server {self.endpoint} is not healthy after "
                           f"{self.options.startup_timeout:.0f}s: {last}")
+
+    def _probe_call(self, client=None) -> None:
+        """One real one-token generation on the served model (no adapter)."""
+        client = client or self._client
+        probe = self.encode_prompt([{"role": "user", "content": "ping"}])
+        if self.options.flavor == "tgi":
+            client.text_generation(probe.text, max_new_tokens=1)
+        else:
+            client.chat_completion(probe.messages, model=self.remote_model, max_tokens=1)
+
+    def _make_client(self, timeout: float):
+        from huggingface_hub import InferenceClient
+
+        token = self.options.api_key or None
+        if self.options.flavor == "tgi":
+            return InferenceClient(model=f"{self.endpoint}/generate", timeout=timeout, token=token)
+        return InferenceClient(base_url=self.endpoint, timeout=timeout, token=token)
+
+    def _startup_probe(self) -> None:
+        """The first real generation: any failure stops the start with a message that says why."""
+        try:
+            self._call(self._probe_call, "startup probe")
+        except RemoteError as exc:
+            raise to_service_error(exc, f"the first generation on {self.endpoint} (startup probe)") from None
+        self._last_success = time.monotonic()
+
+    def check_health(self) -> bool:
+        """True when the server generated recently (an Act or a probe), else after a fresh probe."""
+        if not self.ready or self._closed.is_set():
+            return False
+        if time.monotonic() - self._last_success < max(self.health_interval, 1.0):
+            return True
+        try:
+            self._probe_call(self._probe_client)
+        except Exception as exc:  # noqa: BLE001 - any failure of the probe: not healthy now
+            log.warning("remote server health probe failed", extra={"endpoint": self.endpoint,
+                                                                     "error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+            return False
+        self._last_success = time.monotonic()
+        return True
 
     # -- prompts ---------------------------------------------------------------------------------
 
@@ -220,12 +283,21 @@ class RemoteBackend(Backend):
 
     def _call(self, fn: Callable[[], T], what: str) -> T:
         import httpx2
-        from huggingface_hub.errors import HfHubHTTPError, InferenceTimeoutError, TextGenerationError
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            InferenceTimeoutError,
+            OfflineModeIsEnabled,
+            TextGenerationError,
+        )
 
         attempts = max(0, self.options.retries) + 1
         for attempt in range(attempts):
             try:
-                return fn()
+                result = fn()
+                self._last_success = time.monotonic()
+                return result
+            except OfflineModeIsEnabled:
+                raise FailedPrecondition(OFFLINE_MESSAGE.format(endpoint=self.endpoint)) from None
             except (HfHubHTTPError, TextGenerationError, InferenceTimeoutError, httpx2.TransportError) as exc:
                 timeout = isinstance(exc, (InferenceTimeoutError, httpx2.TimeoutException))
                 status = None if timeout else _http_status(exc)
