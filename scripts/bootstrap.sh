@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 stamp="$VENV/.leap-bootstrap"
-want=$(cat pyproject.toml constraints.txt scripts/bootstrap.sh scripts/install_image.sh | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt scripts/bootstrap.sh scripts/install_image.sh scripts/install_intercode.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$VENV/bin/leap" ]; then
   exit 0
 fi

@@ -5,7 +5,9 @@ orchestrator.platforms.kubernetes from the student Service's EndpointSlices) and
 replica directly, never through the balanced Service address, so every replica gets the call.
 
 Per replica: ListAdapters (already there? then nothing to do) -> LoadAdapter -> ListAdapters again
-to confirm the version is loaded (and current, when asked). A transient failure (unreachable,
+to confirm the version is loaded from this checkpoint (and current, when asked). A version name that
+a replica holds with another checkpoint (a previous run's adapter of the same name) is a definite
+failure, never a confirmation. A transient failure (unreachable,
 overloaded, timed out, or not confirmed yet) is retried with backoff; a definite refusal
 (missing or corrupt adapter files, bad request) is not. Replicas are handled in parallel, and the
 report names every replica that still failed, with its last error.
@@ -86,10 +88,27 @@ def _rpc_error(exc: grpc.RpcError) -> str:
     return f"{code.name if code else 'ERROR'}: {details}"
 
 
-def _confirmed(listed: student_pb2.ListAdaptersResponse, version: str, make_current: bool) -> tuple[bool, str]:
-    loaded = {a.version for a in listed.adapters}
+class ConflictingAdapter(Exception):
+    """The replica holds the version name with another checkpoint: loading again cannot fix that."""
+
+
+def _same_checkpoint(held: common_pb2.CheckpointRef, wanted: common_pb2.CheckpointRef) -> bool:
+    if held.uri != wanted.uri:
+        return False
+    return not (held.sha256 and wanted.sha256) or held.sha256.lower() == wanted.sha256.lower()
+
+
+def _confirmed(listed: student_pb2.ListAdaptersResponse, version: str, make_current: bool,
+               checkpoint: common_pb2.CheckpointRef | None = None) -> tuple[bool, str]:
+    loaded = {a.version: a for a in listed.adapters}
     if version not in loaded:
         return False, f"{version} is not among the loaded adapters ({', '.join(sorted(loaded)) or 'none'})"
+    held = loaded[version].checkpoint
+    if checkpoint is not None and not _same_checkpoint(held, checkpoint):
+        raise ConflictingAdapter(
+            f"{version} is loaded from {held.uri or '(unknown)'}, not from {checkpoint.uri}: a version name is "
+            "bound to its first weights; restart the student replicas before a new run "
+            "(kubectl -n leap rollout restart deployment/leap-student)")
     if make_current and listed.current_version != version:
         return False, f"{version} is loaded but the current version is {listed.current_version or '(none)'}"
     return True, ""
@@ -109,7 +128,7 @@ def swap_one(address: str, checkpoint: common_pb2.CheckpointRef, *, make_current
             try:
                 listed = stub.ListAdapters(student_pb2.ListAdaptersRequest(), timeout=list_timeout_s)
                 current = listed.current_version
-                done, _ = _confirmed(listed, version, make_current)
+                done, _ = _confirmed(listed, version, make_current, checkpoint)
                 if done:
                     return ReplicaResult(address, True, attempt, current_version=current, already_loaded=True)
                 load_seconds = 0.0
@@ -124,10 +143,13 @@ def swap_one(address: str, checkpoint: common_pb2.CheckpointRef, *, make_current
                         raise
                 listed = stub.ListAdapters(student_pb2.ListAdaptersRequest(), timeout=list_timeout_s)
                 current = listed.current_version
-                done, why = _confirmed(listed, version, make_current)
+                done, why = _confirmed(listed, version, make_current, checkpoint)
                 if done:
                     return ReplicaResult(address, True, attempt, load_seconds=load_seconds, current_version=current)
                 last_error = f"not confirmed: {why}"
+            except ConflictingAdapter as exc:
+                last_error = str(exc)
+                break
             except grpc.RpcError as exc:
                 last_error = _rpc_error(exc)
                 if exc.code() not in RETRYABLE:

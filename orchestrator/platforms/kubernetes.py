@@ -8,12 +8,21 @@ runs `python -m orchestrator.platforms.trainer_job`, which leaves the finished t
 checkpoint reference) in the pod's termination message; a failure is reported with the Job's
 reason, the pod's exit code and termination message, and the last lines of its log.
 
-Hot swap: the student replicas are the endpoints of the headless `leap-student` Service
-(EndpointSlices; Endpoints on clusters without them). The adapter is loaded on every ready replica
-directly (orchestrator.platforms.hot_swap) and confirmed with ListAdapters before the run goes on.
+Ownership: every trainer Job is owned by the run's own Job (`leap-run`, named to this process by
+the downward API: LEAP_K8S_OWNER_JOB_NAME / LEAP_K8S_OWNER_JOB_UID), so deleting the run deletes its
+trainer Jobs and their pods (the garbage collector follows ownerReferences). On SIGTERM the
+orchestrator deletes the unfinished trainer Jobs of its run itself before it exits.
+
+Declarative adapters: the fleet's desired adapter is recorded in the `leap-student-desired-adapter`
+ConfigMap, which every student pod mounts (services.student.desired_adapter): a replica that starts
+or restarts loads it before it reports SERVING. The swap itself still loads the adapter on every
+ready replica directly (orchestrator.platforms.hot_swap) and confirms it with ListAdapters before the
+run goes on, so it never waits for the kubelet to refresh the mounted file. The student replicas are
+the endpoints of the headless `leap-student` Service (EndpointSlices; Endpoints on clusters without
+them); the run's own student channel checks their health, so calls go only to SERVING replicas.
 
 Needs the `kubernetes` package (extra `orchestrator`), imported only here. In a pod the
-ServiceAccount is used (deploy/base/orchestrator-rbac.yaml); elsewhere the kubeconfig.
+ServiceAccount is used (deploy/base/workload/orchestrator-rbac.yaml); elsewhere the kubeconfig.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +44,7 @@ from google.protobuf import json_format
 
 from leap.v1 import common_pb2, student_pb2, trainer_pb2
 from orchestrator.platforms.hot_swap import HotSwapError, ReplicaResult, SwapReport, swap_adapter_on_replicas
+from services.student.desired_adapter import RECORD_KEY, encode_record
 
 log = logging.getLogger("leap.orchestrator.kubernetes")
 
@@ -42,6 +54,10 @@ JOB_ID_LABEL = "leap-serve/train-job"
 JOB_ID_ANNOTATION = "leap-serve/job-id"
 MANAGED_BY = "leap-orchestrator"
 GPU_RESOURCE = "nvidia.com/gpu"
+DESIRED_CONFIGMAP = "leap-student-desired-adapter"
+STUDENT_HEALTH_SERVICE = "leap.v1.StudentService"
+# The registry of the checked-in overlays: reserved (RFC 2606), so an image nobody set never resolves.
+PLACEHOLDER_REGISTRY = "registry.invalid"
 # trainer_job's exit code for a request that can never succeed (retrying the pod cannot help).
 EXIT_BAD_REQUEST = 2
 # Waiting reasons that do not clear up by themselves (after `stuck_after_s`).
@@ -130,6 +146,11 @@ class PlatformSettings:
     settle_timeout_s: float = 600.0
     swap_attempts: int = 3
     swap_backoff_s: float = 1.0
+    # The ConfigMap that records the student fleet's desired adapter ("" records nothing).
+    desired_configmap: str = DESIRED_CONFIGMAP
+    # The run's own Job, owner of every trainer Job (both empty: no owner, e.g. run from a laptop).
+    owner_job_name: str = ""
+    owner_job_uid: str = ""
 
     @classmethod
     def from_env(cls, namespace: str) -> "PlatformSettings":
@@ -143,6 +164,9 @@ class PlatformSettings:
         s.runs_dir = env.get("LEAP_K8S_RUNS_DIR", s.runs_dir)
         s.student_service = env.get("LEAP_K8S_STUDENT_SERVICE", s.student_service)
         s.student_port = env.get("LEAP_K8S_STUDENT_PORT", s.student_port)
+        s.desired_configmap = env.get("LEAP_K8S_DESIRED_CONFIGMAP", s.desired_configmap)
+        s.owner_job_name = env.get("LEAP_K8S_OWNER_JOB_NAME", "")
+        s.owner_job_uid = env.get("LEAP_K8S_OWNER_JOB_UID", "")
         return s
 
 
@@ -195,12 +219,21 @@ def request_to_json(request: trainer_pb2.StartJobRequest) -> str:
                       separators=(",", ":"), sort_keys=True)
 
 
+def owner_reference(name: str, uid: str) -> dict:
+    """An ownerReference to the run's Job: the garbage collector deletes the trainer Job with it.
+
+    Not a controller reference (the Job controller manages pods, and a batch queue such as Kueue
+    would take a controller-owned Job for a child of a queued one), and without
+    blockOwnerDeletion, which would need update rights on jobs/finalizers."""
+    return {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": uid}
+
+
 def build_trainer_job(pod_template: dict, request: trainer_pb2.StartJobRequest, *, job_id: str, run: str,
-                      settings: PlatformSettings) -> dict:
+                      settings: PlatformSettings, owner: dict | None = None) -> dict:
     """The Job manifest (a plain dict, camelCase as the API wants it) for one training.
 
     `pod_template` is the PodTemplate object (or just its `template`), e.g. the overlay's
-    leap-trainer as read from the API.
+    leap-trainer as read from the API. `owner`: an ownerReference (see owner_reference).
     """
     if not job_id:
         raise ValueError("a trainer Job needs a job id")
@@ -240,17 +273,22 @@ def build_trainer_job(pod_template: dict, request: trainer_pb2.StartJobRequest, 
     }
     if settings.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = settings.active_deadline_seconds
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": {
-            "name": trainer_job_name(job_id),
-            "namespace": settings.namespace,
-            "labels": job_labels,
-            "annotations": {JOB_ID_ANNOTATION: job_id, "leap-serve/run-dir": request.run_dir},
-        },
-        "spec": job_spec,
+    metadata: dict[str, Any] = {
+        "name": trainer_job_name(job_id),
+        "namespace": settings.namespace,
+        "labels": job_labels,
+        "annotations": {JOB_ID_ANNOTATION: job_id, "leap-serve/run-dir": request.run_dir},
     }
+    if owner:
+        metadata["ownerReferences"] = [dict(owner)]
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
+
+
+def placeholder_images(pod_template: dict) -> list[str]:
+    """Images of a pod template that still point at the placeholder registry."""
+    spec = pod_template.get("template", pod_template).get("spec") or {}
+    return [c.get("image", "") for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+            if c.get("image", "").split("/", 1)[0] == PLACEHOLDER_REGISTRY]
 
 
 def _with_job_id(request: trainer_pb2.StartJobRequest, job_id: str) -> trainer_pb2.StartJobRequest:
@@ -317,6 +355,7 @@ class KubernetesPlatform:
         self.batch = client.BatchV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.discovery = client.DiscoveryV1Api(api_client)
+        self._owner: dict | None = None
 
     @classmethod
     def from_environment(cls, *, kubeconfig: str | None = None, context: str | None = None) -> "KubernetesPlatform":
@@ -338,7 +377,7 @@ class KubernetesPlatform:
         hint = ""
         if exc.status == 403:
             hint = (f" (forbidden: the orchestrator's ServiceAccount lacks a permission in namespace "
-                    f"{self.namespace}; apply deploy/base/orchestrator-rbac.yaml through an overlay)")
+                    f"{self.namespace}; apply deploy/base/workload/orchestrator-rbac.yaml through an overlay)")
         elif exc.status == 401:
             hint = " (unauthorized: the credentials were refused)"
         body = ""
@@ -361,9 +400,29 @@ class KubernetesPlatform:
                                       "overlay first (kubectl apply -k deploy/overlays/dev-cpu or .../gpu)") from exc
             raise
 
+    def owner(self) -> dict | None:
+        """The ownerReference of the run's Job (None when this process runs outside such a Job)."""
+        if self._owner is not None or not self.settings.owner_job_name:
+            return self._owner
+        name, uid = self.settings.owner_job_name, self.settings.owner_job_uid
+        if not uid:  # only the name was given: the API knows the uid
+            job = self._call(f"read the run's Job {name}", self.batch.read_namespaced_job, name, self.namespace)
+            uid = job.get("metadata", {}).get("uid", "")
+            if not uid:
+                raise KubernetesError(f"the run's Job {name} has no uid")
+        self._owner = owner_reference(name, uid)
+        return self._owner
+
     def submit_trainer_job(self, request: trainer_pb2.StartJobRequest, *, job_id: str, run: str) -> str:
         """Create the trainer Job for `job_id`, or adopt it when it already exists (a resumed run)."""
-        body = build_trainer_job(self.trainer_template(), request, job_id=job_id, run=run, settings=self.settings)
+        template = self.trainer_template()
+        placeholders = placeholder_images(template) if not self.settings.trainer_image else []
+        if placeholders:
+            raise KubernetesError(
+                f"PodTemplate {self.settings.trainer_template} still names the placeholder image {placeholders[0]}: "
+                "set your registry and digest in your overlay (images: newName/digest, see docs/deploy.md)")
+        body = build_trainer_job(template, request, job_id=job_id, run=run, settings=self.settings,
+                                 owner=self.owner())
         name = body["metadata"]["name"]
         try:
             self._call(f"create trainer Job {name}", self.batch.create_namespaced_job, self.namespace, body)
@@ -373,6 +432,66 @@ class KubernetesPlatform:
                 raise
             log.info("trainer job exists already; following it", extra={"job": name})
         return name
+
+    def delete_trainer_job(self, name: str) -> bool:
+        """Delete a trainer Job and (in the background) its pods; False when it was gone already."""
+        from kubernetes import client
+
+        try:
+            self._call(f"delete trainer Job {name}", self.batch.delete_namespaced_job, name, self.namespace,
+                       body=client.V1DeleteOptions(propagation_policy="Background"))
+        except KubernetesError as exc:
+            if getattr(exc, "status", None) == 404:
+                return False
+            raise
+        log.info("trainer job deleted", extra={"job": name})
+        return True
+
+    def cancel_trainer_jobs(self, run: str) -> list[str]:
+        """Delete every unfinished trainer Job of `run` (this orchestrator's); returns their names."""
+        selector = f"{RUN_LABEL}={dns_label(run)},app.kubernetes.io/managed-by={MANAGED_BY}"
+        jobs = self._call(f"list the trainer Jobs of run {run}", self.batch.list_namespaced_job, self.namespace,
+                          label_selector=selector).get("items") or []
+        cancelled = []
+        for job in jobs:
+            name = job.get("metadata", {}).get("name", "")
+            if name and job_phase(job) == "running" and self.delete_trainer_job(name):
+                cancelled.append(name)
+        return cancelled
+
+    # -------------------------------------------------------------- the desired adapter
+    def read_desired_adapter(self) -> str | None:
+        """The recorded desired-adapter text (None: nothing recorded, or no ConfigMap configured)."""
+        name = self.settings.desired_configmap
+        if not name:
+            return None
+        try:
+            cm = self._call(f"read ConfigMap {name}", self.core.read_namespaced_config_map, name, self.namespace)
+        except KubernetesError as exc:
+            if getattr(exc, "status", None) == 404:
+                raise KubernetesError(f"ConfigMap {name} not found in namespace {self.namespace}: apply the platform "
+                                      "overlay (it creates the ConfigMap the student pods mount)") from exc
+            raise
+        return (cm.get("data") or {}).get(RECORD_KEY)
+
+    def record_desired_adapter(self, version: str, checkpoint: dict | None = None, *, run: str = "",
+                               text: str | None = None) -> None:
+        """Record the version every student replica must serve (in the ConfigMap the students mount)."""
+        name = self.settings.desired_configmap
+        if not name:
+            return
+        if text is None:
+            text = encode_record(version, checkpoint, run=run) if run else encode_record(version, checkpoint)
+        try:
+            self._call(f"record the desired adapter in ConfigMap {name}", self.core.patch_namespaced_config_map,
+                       name, self.namespace, {"data": {RECORD_KEY: text}},
+                       _content_type="application/merge-patch+json")
+        except KubernetesError as exc:
+            if getattr(exc, "status", None) == 404:
+                raise KubernetesError(f"ConfigMap {name} not found in namespace {self.namespace}: apply the platform "
+                                      "overlay (it creates the ConfigMap the student pods mount)") from exc
+            raise
+        log.info("desired adapter recorded", extra={"version": version, "configmap": name})
 
     def job_pods(self, name: str) -> list[dict]:
         """The Job's pods, oldest first."""
@@ -573,12 +692,29 @@ class KubernetesPlatform:
         return sorted(ready), sorted(pending)
 
     def hot_swap(self, checkpoint: common_pb2.CheckpointRef, *, make_current: bool = True,
-                 on_status: StatusCallback | None = None) -> SwapReport:
-        """Load `checkpoint` on every student replica and confirm it there; HotSwapError otherwise.
+                 on_status: StatusCallback | None = None, run: str = "") -> SwapReport:
+        """Record `checkpoint` as the desired adapter, load it on every student replica and confirm it
+        there; HotSwapError otherwise (and the previous record is put back).
 
+        Recorded first, so that a replica that starts meanwhile comes up with the new version.
         Replicas still starting are waited for (settle_timeout_s), so that the whole fleet serves
         the new version when this returns.
         """
+        previous = None
+        if make_current and self.settings.desired_configmap:
+            previous = self.read_desired_adapter()
+            ckpt = json_format.MessageToDict(checkpoint, preserving_proto_field_name=True)
+            self.record_desired_adapter(checkpoint.version, ckpt, run=run)
+        try:
+            return self._swap_on_replicas(checkpoint, make_current=make_current, on_status=on_status)
+        except HotSwapError:
+            if make_current and self.settings.desired_configmap:
+                # The replicas that refused keep serving the previous version: so must new ones.
+                self.record_desired_adapter("", text=previous if previous is not None else encode_record("base"))
+            raise
+
+    def _swap_on_replicas(self, checkpoint: common_pb2.CheckpointRef, *, make_current: bool,
+                          on_status: StatusCallback | None) -> SwapReport:
         deadline = time.monotonic() + self.settings.settle_timeout_s
         while True:
             ready, pending = self.student_endpoints()
@@ -600,11 +736,61 @@ class KubernetesPlatform:
 
 
 # ------------------------------------------------------------------------------------- the run's hook
-def attach_to_run(leap, platform: KubernetesPlatform | None = None) -> KubernetesPlatform:
+def install_termination_handler(platform: KubernetesPlatform, run: str) -> bool:
+    """On SIGTERM, delete the run's unfinished trainer Jobs, then exit (status 143).
+
+    A pod being stopped (the run's Job deleted, a node drained) gets SIGTERM before SIGKILL: the GPU
+    a trainer Job holds is freed now, not when its deadline passes. A retried orchestrator pod
+    resumes the run and starts that training again. Only the main thread can install it; False
+    otherwise (nothing installed).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+
+    def on_sigterm(signum, _frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one cleanup, however many signals follow
+        try:
+            cancelled = platform.cancel_trainer_jobs(run)
+            log.warning("SIGTERM: trainer jobs cancelled", extra={"jobs": ",".join(cancelled) or "none"})
+        except Exception:  # noqa: BLE001 - exit anyway; the owner reference still ties them to the run
+            log.exception("SIGTERM: could not cancel the trainer jobs")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True
+
+
+def use_health_checked_student_channel(leap) -> None:
+    """Give the run a student channel that sends calls only to replicas reporting SERVING.
+
+    A replica that restarts keeps its pod IP, so a client may reconnect to it before the
+    endpoints change; while it loads its model and desired adapter it reports NOT_SERVING, and
+    client-side health checking keeps calls (and an episode's retries) on the other replicas.
+    """
+    stubs = getattr(leap, "stubs", None)
+    address = (getattr(stubs, "addresses", None) or {}).get("student")
+    if not address:
+        return
+    from leap.v1 import student_pb2_grpc
+    from services.runtime.channels import make_channel
+
+    channel = make_channel(address, health_check_service=STUDENT_HEALTH_SERVICE)
+    channels = getattr(stubs, "_channels", None)
+    if isinstance(channels, dict):
+        old = channels.get("student")
+        channels["student"] = channel  # closed with the others by stubs.close()
+        if old is not None:
+            old.close()
+    stubs.student = student_pb2_grpc.StudentServiceStub(channel)
+
+
+def attach_to_run(leap, platform: KubernetesPlatform | None = None, *, handle_sigterm: bool = True) -> KubernetesPlatform:
     """Make a LeapRun train with Kubernetes Jobs and hot-swap on every student replica.
 
-    Replaces the run's training and adapter loading; before each phase that plays the student it
-    also makes sure every replica (a restarted or added one too) serves the latest adapter.
+    Replaces the run's training and adapter loading; records every adapter it loads as the student
+    fleet's desired adapter; before each phase that plays the student it also makes sure every
+    replica (a restarted or added one too) serves the latest adapter. On SIGTERM it cancels the
+    run's trainer Jobs (install_termination_handler).
     """
     from orchestrator import loop as loop_module
 
@@ -633,7 +819,7 @@ def attach_to_run(leap, platform: KubernetesPlatform | None = None) -> Kubernete
         ref = common_pb2.CheckpointRef(**ckpt)
         ref.version = version
         with leap.reporter.phase(f"hot-swap {version} on every student replica", None) as bar:
-            report = platform.hot_swap(ref, on_status=lambda text: bar.update(info=text))
+            report = platform.hot_swap(ref, on_status=lambda text: bar.update(info=text), run=run_label)
             bar.update(info=report.summary())
         return student_pb2.AdapterInfo(version=version, checkpoint=ref, current=True,
                                        load_seconds=max((r.load_seconds for r in report.replicas), default=0.0))
@@ -644,6 +830,9 @@ def attach_to_run(leap, platform: KubernetesPlatform | None = None) -> Kubernete
         if loaded:
             latest = max(loaded)
             load_adapter(loop_module.adapter_version(latest), checkpoints[str(latest)])
+        else:
+            # A new run: replicas that start now serve the base model, not a previous run's adapter.
+            platform.record_desired_adapter(loop_module.BASE_VERSION, run=run_label)
 
     original_dispatch = leap._dispatch
 
@@ -657,4 +846,7 @@ def attach_to_run(leap, platform: KubernetesPlatform | None = None) -> Kubernete
     leap._restore_adapter = ensure_latest_adapter
     leap._dispatch = dispatch
     leap.platform = platform
+    use_health_checked_student_channel(leap)
+    if handle_sigterm and install_termination_handler(platform, run_label):
+        log.info("trainer jobs are cancelled on SIGTERM", extra={"run": run_label})
     return platform

@@ -17,6 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS = Path(os.environ.get("LEAP_TOOLS_DIR", ROOT / ".tools"))
 DEPLOY = ROOT / "deploy"
 KUBERNETES_VERSION = "1.34.0"
+# The cluster versions every overlay must validate against (docs/deploy.md: 1.29 is the minimum);
+# the admission-policy component needs 1.30 (ValidatingAdmissionPolicy v1).
+KUBERNETES_VERSIONS = ("1.29.0", "1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0")
+COMPONENT_VERSIONS = KUBERNETES_VERSIONS[1:]
+COMPONENTS = ("admission-policy", "agent-access", "intercode-bash")
 TOOL_NAMES = ("kubectl", "kubernetes-validate", "checkov", "hadolint", "yamllint")
 # Every kustomization CI renders: the base, each overlay, the run.
 KUSTOMIZATIONS = {
@@ -52,12 +57,25 @@ def tools() -> dict[str, str]:
     return paths
 
 
+def components_overlay(where: Path) -> Path:
+    """A user's overlay as docs/deploy.md shows it: the gpu overlay plus every component."""
+    where.mkdir(parents=True, exist_ok=True)
+    rel = lambda p: os.path.relpath(p, where)  # noqa: E731 - kustomize wants relative paths
+    (where / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [rel(DEPLOY / "overlays" / "gpu")],
+        "components": [rel(DEPLOY / "components" / c) for c in COMPONENTS]}))
+    return where
+
+
 @pytest.fixture(scope="session")
 def rendered_files(tools, tmp_path_factory) -> dict[str, Path]:
-    """`kubectl kustomize` of every kustomization, written to files (one per kustomization)."""
+    """`kubectl kustomize` of every kustomization, written to files (one per kustomization), and of
+    the gpu overlay with every component ("components")."""
     out = tmp_path_factory.mktemp("rendered")
     files = {}
-    for name, path in KUSTOMIZATIONS.items():
+    targets = dict(KUSTOMIZATIONS, components=components_overlay(out / "with-components"))
+    for name, path in targets.items():
         proc = run_tool([tools["kubectl"], "kustomize", str(path)])
         assert proc.returncode == 0, f"kubectl kustomize {path} failed:\n{proc.stderr}"
         files[name] = out / f"{name}.yaml"
@@ -70,8 +88,13 @@ def rendered(rendered_files) -> dict[str, list[dict]]:
     return {name: [d for d in yaml.safe_load_all(path.read_text()) if d] for name, path in rendered_files.items()}
 
 
-def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
-    return {d["metadata"]["name"]: d for d in docs if d.get("kind") == kind}
+def by_kind(docs: list[dict], kind: str, namespace: str | None = None) -> dict[str, dict]:
+    """{name: object} of one kind (of one namespace, when names repeat across namespaces)."""
+    found = [d for d in docs if d.get("kind") == kind
+             and (namespace is None or d["metadata"].get("namespace") == namespace)]
+    names = [d["metadata"]["name"] for d in found]
+    assert len(names) == len(set(names)), f"{kind} names repeat across namespaces: pass namespace="
+    return {d["metadata"]["name"]: d for d in found}
 
 
 def pod_spec(obj: dict) -> dict:

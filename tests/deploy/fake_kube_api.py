@@ -11,21 +11,30 @@ Python client on the other side (configured with host http://127.0.0.1:PORT):
     GET  /api/v1/namespaces/{ns}/pods/{name}/log?tailLines=N
     GET  /apis/discovery.k8s.io/v1/namespaces/{ns}/endpointslices?labelSelector=...
     GET  /api/v1/namespaces/{ns}/endpoints/{name}
+    GET/PATCH /api/v1/namespaces/{ns}/configmaps/{name}       (merge patch of `data`)
+    DELETE /apis/batch/v1/namespaces/{ns}/jobs/{name}         (DeleteOptions.propagationPolicy)
 
 Nothing runs the Jobs: a test plays the Job controller and the kubelet with `start_job`,
-`finish_job` and `stick_pod` (directly, or from `on_job_created`). Every request is recorded.
+`finish_job` and `stick_pod` (directly, or from `on_job_created`). The garbage collector is played
+here, as the real one behaves: an object whose ownerReferences all name owners that no longer exist
+(same namespace, kind, name and uid) is deleted, and so are its own dependents; it runs after every
+create and delete. A create is refused (422) when an ownerReference lacks apiVersion, kind, name or
+uid, as the API server does. Every request is recorded.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
+import shutil
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qs, urlparse
 
@@ -64,6 +73,8 @@ class FakeKube:
         self.cond = threading.Condition(threading.RLock())
         self.rv = 1000
         self.objects: dict[tuple[str, str, str], dict] = {}
+        # Deleted objects as (resourceVersion, kind, namespace, object): the watch reports them.
+        self.tombstones: list[tuple[int, str, str, dict]] = []
         self.logs: dict[tuple[str, str], str] = {}
         self.requests: list[Recorded] = []
         self.on_job_created: Callable[[dict], None] | None = None
@@ -117,6 +128,44 @@ class FakeKube:
             self.cond.notify_all()
             return obj
 
+    def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> dict | None:
+        """Delete an object; its dependents go too (Background/Foreground) or lose the reference (Orphan)."""
+        with self.cond:
+            obj = self.objects.pop((kind, namespace, name), None)
+            if obj is None:
+                return None
+            self.rv += 1
+            self.tombstones.append((self.rv, kind, namespace, obj))
+            uid = obj["metadata"]["uid"]
+            if propagation == "Orphan":
+                for dep in self.objects.values():
+                    refs = dep["metadata"].get("ownerReferences") or []
+                    if any(r.get("uid") == uid for r in refs):
+                        dep["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid]
+            self.collect_garbage()
+            self.cond.notify_all()
+            return obj
+
+    def collect_garbage(self) -> list[tuple[str, str, str]]:
+        """Delete every object all of whose owners are gone (recursively); returns what was deleted."""
+        deleted = []
+        with self.cond:
+            while True:
+                live = {(KIND_OF.get(o.get("kind", ""), ""), ns, o["metadata"]["name"], o["metadata"]["uid"])
+                        for (_k, ns, _n), o in self.objects.items()}
+                dangling = [key for key, o in self.objects.items()
+                            if (o["metadata"].get("ownerReferences") or [])
+                            and not any((KIND_OF.get(r.get("kind", ""), "?"), key[1], r.get("name"), r.get("uid"))
+                                        in live for r in o["metadata"]["ownerReferences"])]
+                if not dangling:
+                    return deleted
+                for key in dangling:
+                    obj = self.objects.pop(key)
+                    self.rv += 1
+                    self.tombstones.append((self.rv, key[0], key[1], obj))
+                    deleted.append(key)
+                self.cond.notify_all()
+
     def get(self, kind: str, namespace: str, name: str) -> dict | None:
         with self.cond:
             return self.objects.get((kind, namespace, name))
@@ -157,8 +206,11 @@ class FakeKube:
         labels = {**(template.get("metadata", {}).get("labels") or {}),
                   "batch.kubernetes.io/job-name": name, "job-name": name}
         container = template["spec"]["containers"][0]
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"],
+                 "controller": True, "blockOwnerDeletion": True}
         return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{name}-{suffix}", "namespace": job["metadata"]["namespace"], "labels": labels},
+                "metadata": {"name": f"{name}-{suffix}", "namespace": job["metadata"]["namespace"], "labels": labels,
+                             "ownerReferences": [owner]},
                 "spec": copy.deepcopy(template["spec"]),
                 "status": {"phase": "Pending", "containerStatuses": [
                     {"name": container["name"], "image": container["image"], "imageID": "", "ready": False,
@@ -241,10 +293,14 @@ _ROUTES = [
     ("pods", re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?$")),
     ("endpointslices", re.compile(r"^/apis/discovery\.k8s\.io/v1/namespaces/([^/]+)/endpointslices(?:/([^/]+))?$")),
     ("endpoints", re.compile(r"^/api/v1/namespaces/([^/]+)/endpoints(?:/([^/]+))?$")),
+    ("configmaps", re.compile(r"^/api/v1/namespaces/([^/]+)/configmaps(?:/([^/]+))?$")),
 ]
 _LIST_KINDS = {"podtemplates": ("v1", "PodTemplateList"), "jobs": ("batch/v1", "JobList"),
                "pods": ("v1", "PodList"), "endpointslices": ("discovery.k8s.io/v1", "EndpointSliceList"),
-               "endpoints": ("v1", "EndpointsList")}
+               "endpoints": ("v1", "EndpointsList"), "configmaps": ("v1", "ConfigMapList")}
+# An object's `kind` -> the store's resource name (for ownerReferences).
+KIND_OF = {"Job": "jobs", "Pod": "pods", "PodTemplate": "podtemplates", "ConfigMap": "configmaps",
+           "EndpointSlice": "endpointslices", "Endpoints": "endpoints"}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -287,6 +343,10 @@ class _Handler(BaseHTTPRequestHandler):
         namespace = groups[0]
         if body.get("kind") != "Job" or not body.get("metadata", {}).get("name"):
             return self._send(422, _status(422, "Invalid", "a Job with metadata.name is required"))
+        for ref in body["metadata"].get("ownerReferences") or []:
+            missing = [k for k in ("apiVersion", "kind", "name", "uid") if not ref.get(k)]
+            if missing:
+                return self._send(422, _status(422, "Invalid", f"metadata.ownerReferences: {missing} required"))
         body["metadata"]["namespace"] = namespace
         with self.kube.cond:
             if self.kube.get("jobs", namespace, body["metadata"]["name"]) is not None:
@@ -295,9 +355,52 @@ class _Handler(BaseHTTPRequestHandler):
             body.setdefault("status", {})
             created = self.kube.put("jobs", body)
             snapshot = copy.deepcopy(created)
+            self.kube.collect_garbage()  # a Job whose owner does not exist is collected right away
         self._send(201, snapshot)
         if self.kube.on_job_created is not None:
             self.kube.on_job_created(snapshot)
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        kind, groups, query, path = self._route()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        self._record(path, query, body)
+        content_type = self.headers.get("Content-Type", "")
+        if kind != "configmaps" or not groups[1]:
+            return self._send(405, _status(405, "MethodNotAllowed", f"PATCH {path} is not served here"))
+        if "merge-patch" not in content_type or not isinstance(body, dict):
+            return self._send(415, _status(415, "UnsupportedMediaType", f"{content_type} is not served here"))
+        with self.kube.cond:
+            obj = self.kube.get("configmaps", groups[0], groups[1])
+            if obj is None:
+                return self._send(404, _status(404, "NotFound", f'configmaps "{groups[1]}" not found'))
+            data = dict(obj.get("data") or {})
+            for key, value in (body.get("data") or {}).items():
+                if value is None:
+                    data.pop(key, None)
+                elif not isinstance(value, str):
+                    return self._send(422, _status(422, "Invalid", f"data.{key}: a string is required"))
+                else:
+                    data[key] = value
+            obj["data"] = data
+            snapshot = copy.deepcopy(self.kube.put("configmaps", obj))
+        self._send(200, snapshot)
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        kind, groups, query, path = self._route()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        self._record(path, query, body)
+        if kind != "jobs" or not groups[1]:
+            return self._send(405, _status(405, "MethodNotAllowed", f"DELETE {path} is not served here"))
+        # The kubernetes client sends DeleteOptions in the body; without one, batch/v1 Jobs orphan.
+        propagation = body.get("propagationPolicy") or query.get("propagationPolicy") or "Orphan"
+        deleted = self.kube.delete("jobs", groups[0], groups[1], propagation)
+        if deleted is None:
+            return self._send(404, _status(404, "NotFound", f'jobs.batch "{groups[1]}" not found'))
+        self._send(200, {"kind": "Status", "apiVersion": "v1", "status": "Success",
+                         "details": {"name": groups[1], "group": "batch", "kind": "jobs",
+                                     "uid": deleted["metadata"]["uid"]}})
 
     def do_GET(self) -> None:  # noqa: N802
         kind, groups, query, path = self._route()
@@ -353,6 +456,16 @@ class _Handler(BaseHTTPRequestHandler):
                         kind_of_event = "ADDED" if (uid not in sent and not since) else "MODIFIED"
                         sent[uid] = rv
                         chunk(json.dumps({"type": kind_of_event, "object": obj}).encode() + b"\n")
+                    for rv, k, ns, obj in list(self.kube.tombstones):
+                        uid = obj["metadata"]["uid"]
+                        if k != kind or ns != namespace or rv <= since or sent.get(uid) == -rv:
+                            continue
+                        if query.get("fieldSelector") and query["fieldSelector"] != f"metadata.name={obj['metadata']['name']}":
+                            continue
+                        if not _matches(obj["metadata"].get("labels") or {}, query.get("labelSelector")):
+                            continue
+                        sent[uid] = -rv
+                        chunk(json.dumps({"type": "DELETED", "object": obj}).encode() + b"\n")
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
@@ -361,3 +474,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+def project_configmap(kube: FakeKube, namespace: str, name: str, directory: Path) -> None:
+    """Play the kubelet: write a ConfigMap's data into a mounted folder, as its atomic writer does.
+
+    Files live in a timestamped folder, `..data` points at it and each key is a symlink through
+    `..data`; an update writes a new folder and swaps `..data` with one rename, so a reader sees
+    the old content or the new, never a mix. Keys that left the ConfigMap disappear.
+    """
+    obj = kube.get("configmaps", namespace, name)
+    assert obj is not None, f"no ConfigMap {namespace}/{name}"
+    directory.mkdir(parents=True, exist_ok=True)
+    fresh = directory / f"..{time.strftime('%Y_%m_%d_%H_%M_%S')}.{uuid.uuid4().hex[:8]}"
+    fresh.mkdir()
+    data = obj.get("data") or {}
+    for key, value in data.items():
+        (fresh / key).write_text(value)
+    old = os.readlink(directory / "..data") if (directory / "..data").is_symlink() else None
+    tmp = directory / "..data_tmp"
+    os.symlink(fresh.name, tmp)
+    os.replace(tmp, directory / "..data")
+    for key in data:
+        link = directory / key
+        if not link.is_symlink():
+            os.symlink(f"..data/{key}", link)
+    for entry in directory.iterdir():
+        if entry.is_symlink() and not entry.name.startswith("..") and entry.name not in data:
+            entry.unlink()
+    if old:
+        shutil.rmtree(directory / old, ignore_errors=True)

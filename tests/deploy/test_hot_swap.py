@@ -68,8 +68,23 @@ def test_a_version_name_reused_for_other_weights_is_refused(replicas):
     swap_adapter_on_replicas([addr], ckpt(uri="/runs/r/checkpoints/student/v2"), make_current=False)
     with pytest.raises(HotSwapError) as err:
         swap_adapter_on_replicas([addr], ckpt(uri="/runs/r/checkpoints/student/v9"), attempts=1)
-    assert "is loaded but the current version is base" in str(err.value)
+    assert "student-iter-2 is loaded from /runs/r/checkpoints/student/v2, not from /runs/r/checkpoints/student/v9" \
+        in str(err.value) and "restart the student replicas" in str(err.value)
+    assert err.value.report.replicas[0].attempts == 1, "a conflict is definite: no retry"
     assert servicer.adapters["student-iter-2"].checkpoint.uri.endswith("/v2"), "the first weights stay"
+
+
+def test_a_version_already_current_with_other_weights_is_not_confirmed(replicas):
+    # A long-lived replica still serving a previous run's adapter under the same name: before, the
+    # name alone "confirmed" it, and the new run would have played the old weights.
+    addr, servicer = replicas()
+    swap_adapter_on_replicas([addr], ckpt(uri="/runs/old-run/checkpoints/student/v1"))
+    with pytest.raises(HotSwapError, match="loaded from /runs/old-run/checkpoints/student/v1, not from"):
+        swap_adapter_on_replicas([addr], ckpt(uri="/runs/new-run/checkpoints/student/v1"), attempts=3)
+    assert len(servicer.load_calls) == 1, "the conflicting replica was not asked to load again"
+    # The same checkpoint (same uri, same sha256) is confirmed without loading anything.
+    again = swap_adapter_on_replicas([addr], ckpt(uri="/runs/old-run/checkpoints/student/v1"))
+    assert again.ok and again.replicas[0].already_loaded
 
 
 def test_a_checkpoint_without_version_is_a_caller_error():

@@ -2,8 +2,8 @@
 
 No Docker engine runs in CI, so images are not built. Instead: the Dockerfiles' structure is checked
 (pinned base, multi-stage, numeric non-root USER, gRPC HEALTHCHECK, the model converted at build
-time), every install step goes through scripts/install_image.sh with constraints.txt (the script and
-file CI installs with), and each image's exact install command is resolved by pip (--dry-run) on this
+time, the dependency layer before the code), every install step goes through scripts/install_image.sh
+with constraints.txt (the script and file CI installs with), and each image's exact install command is resolved by pip (--dry-run) on this
 machine, so a broken install fails here and not in a user's build. The CUDA variants differ from the
 CPU ones only in the torch build, which the PyTorch/NVIDIA indexes serve and CI cannot reach; their
 commands are checked for the right pins instead.
@@ -62,12 +62,18 @@ def stages(text: str) -> list[list[tuple[str, str]]]:
     return result
 
 
-def install_args(text: str) -> list[str]:
-    """The arguments the Dockerfile passes to scripts/install_image.sh."""
+def install_steps(text: str) -> list[list[str]]:
+    """The arguments of each scripts/install_image.sh call: [dependencies step, project step]."""
     runs = [args for word, args in instructions(text) if word == "RUN" and "install_image.sh" in args]
-    assert len(runs) == 1, "exactly one install step, through scripts/install_image.sh"
-    command = runs[0].split("scripts/install_image.sh", 1)[1]
-    return shlex.split(command.split("&&")[0])
+    assert len(runs) == 2, "two install steps, both through scripts/install_image.sh"
+    steps = [shlex.split(r.split("scripts/install_image.sh", 1)[1].split("&&")[0]) for r in runs]
+    assert "--deps-only" in steps[0] and "--project-only" in steps[1], steps
+    return steps
+
+
+def install_args(text: str) -> list[str]:
+    """The arguments of the dependencies step (torch, extras, model)."""
+    return install_steps(text)[0]
 
 
 def build_args(text: str) -> dict[str, str]:
@@ -112,6 +118,14 @@ def test_dockerfile_structure(service):
         assert f"LEAP_PORT={port}" in text and re.search(rf"^EXPOSE {port}\b", text, re.M)
         assert "LEAP_HOST=0.0.0.0" in text
     assert [w for w, _ in final][-2:] == ["ENTRYPOINT", "CMD"]
+    # Dependencies before code: a code change rebuilds from the code COPY on, never torch.
+    build = [(w, a) for w, a in all_stages[0]]
+    deps = next(i for i, (w, a) in enumerate(build) if w == "RUN" and "--deps-only" in a)
+    code = [i for i, (w, a) in enumerate(build) if w == "COPY" and a.split()[0] in ("leap", "services", "orchestrator")]
+    project = next(i for i, (w, a) in enumerate(build) if w == "RUN" and "--project-only" in a)
+    assert len(code) == 3 and deps < min(code) and max(code) < project
+    before = " ".join(a for w, a in build[:deps] if w == "COPY")
+    assert before == "pyproject.toml README.md constraints.txt ./ scripts/install_image.sh scripts/install_image.sh"
 
 
 @pytest.mark.parametrize("service", IMAGES)
@@ -126,10 +140,14 @@ def test_install_step_uses_the_ci_script_and_constraints(service):
     assert args[:2] == ["--python", "/opt/venv/bin/python"]
     _h, _p, extras, torch_variants = IMAGES[service]
     assert args[args.index("--extras") + 1] == extras
+    project = install_steps(text)[1]
+    assert project == ["--python", "/opt/venv/bin/python", "--extras", extras, "--project-only"]
     defaults = build_args(text)
     if torch_variants:
-        assert defaults["TORCH"] == "cpu" and defaults["TORCH_INDEX"] == "auto"
+        # The CPU build names its index (PyPI has no CPU-only Linux torch).
+        assert defaults["TORCH"] == "cpu" and defaults["TORCH_INDEX"] == "https://download.pytorch.org/whl/cpu"
         assert args[args.index("--torch") + 1] == "${TORCH}" and "--model" in args
+        assert args[args.index("--torch-index") + 1] == "${TORCH_INDEX}"
     else:
         assert args[args.index("--torch") + 1] in ("none", "${TORCH}") and defaults.get("TORCH", "none") == "none"
 
@@ -148,11 +166,17 @@ def test_model_is_converted_at_build_time_into_the_image(service):
 
 @pytest.mark.parametrize("service,torch", [(s, t) for s, v in IMAGES.items() for t in (v[3] or ("none",))])
 def test_every_pip_step_of_every_variant_is_pinned_by_constraints(service, torch):
-    values = dict(build_args(dockerfile(service)), TORCH=torch)
-    args = expand(install_args(dockerfile(service)), values)
-    proc = subprocess.run(["bash", str(INSTALL), *args, "--print"], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    steps = proc.stdout.strip().splitlines()
+    # The documented CUDA build: --build-arg TORCH=cuda --build-arg TORCH_INDEX= (PyPI's CUDA wheels).
+    values = dict(build_args(dockerfile(service)), TORCH=torch, **({"TORCH_INDEX": ""} if torch == "cuda" else {}))
+    steps = []
+    for args in install_steps(dockerfile(service)):
+        proc = subprocess.run(["bash", str(INSTALL), *expand(args, values), "--print"], capture_output=True,
+                              text=True, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        steps += proc.stdout.strip().splitlines()
+    assert steps[-1].endswith("-c constraints.txt --no-deps ."), "the project alone, last"
+    if service in ("student", "trainer"):
+        steps = steps[:-1]
     assert steps and all(" install " in s and " -c " in s for s in steps), steps
     if torch == "cpu":
         assert "-c constraints.txt" in steps[0] and steps[0].endswith("torch==2.13.0+cpu")
@@ -170,6 +194,43 @@ def test_install_script_refuses_torch_extras_without_torch():
     proc = subprocess.run(["bash", str(INSTALL), "--extras", "student", "--print"], capture_output=True, text=True,
                           cwd=ROOT)
     assert proc.returncode == 2 and "need torch" in proc.stderr
+
+
+def test_install_script_refuses_the_cpu_index_for_a_cuda_build():
+    # torch==2.13.0 (the CUDA pin) is satisfied by 2.13.0+cpu too, which sorts higher and would win.
+    for index in ("https://download.pytorch.org/whl/cpu", "https://download.pytorch.org/whl/cpu/"):
+        proc = subprocess.run(["bash", str(INSTALL), "--extras", "trainer", "--torch", "cuda", "--torch-index", index,
+                               "--deps-only", "--print"], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and "would install the CPU build" in proc.stderr
+
+
+def test_the_dependency_step_installs_what_the_full_install_does():
+    """--deps-only lists the requirements pip would take for .[all,dev]: the base ones and each extra's,
+    following extras that name other extras (all = leap-serve[student,...])."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    proc = subprocess.run(["bash", str(INSTALL), "--extras", "all,dev", "--torch", "cpu", "--deps-only", "--print"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    listed = {Requirement(r).name.lower() for r in proc.stdout.splitlines()[1].split(" install -c constraints.txt ")[1]
+              .split()}
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {Requirement(r).name.lower() for r in project["dependencies"]}
+    todo, seen = ["all", "dev"], set()
+    while todo:
+        extra = todo.pop()
+        seen.add(extra)
+        for req in map(Requirement, project["optional-dependencies"][extra]):
+            if req.name == project["name"]:
+                todo += [e for e in req.extras if e not in seen]
+            else:
+                declared.add(req.name.lower())
+    assert listed == declared, (listed ^ declared)
+    unknown = subprocess.run(["bash", str(INSTALL), "--extras", "nope", "--deps-only", "--print"], capture_output=True,
+                             text=True, cwd=ROOT)
+    assert unknown.returncode != 0 and "unknown extra 'nope'" in unknown.stderr
 
 
 def _closure(extras: list[str]) -> dict[str, str]:
@@ -251,12 +312,14 @@ def test_the_install_script_resolves_an_image_with_pip():
     The torch images' resolutions take a minute here (metadata of ~100 wheels); CI's own install
     covers their packages (test above) once scripts/bootstrap.sh installs through this script.
     """
-    args = expand(install_args(dockerfile("environment")), build_args(dockerfile("environment")))
-    args[1] = sys.executable
-    proc = subprocess.run(["bash", str(INSTALL), *args, "--dry-run"], capture_output=True, text=True, cwd=ROOT,
-                          env=dict(os.environ, PIP_NO_INPUT="1"), timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    resolved = " ".join(re.findall(r"Would install (.*)", proc.stdout))
+    resolved = ""
+    for args in install_steps(dockerfile("environment")):
+        args = expand(args, build_args(dockerfile("environment")))
+        args[1] = sys.executable
+        proc = subprocess.run(["bash", str(INSTALL), *args, "--dry-run"], capture_output=True, text=True, cwd=ROOT,
+                              env=dict(os.environ, PIP_NO_INPUT="1"), timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        resolved += " " + " ".join(re.findall(r"Would install (.*)", proc.stdout))
     assert "leap-serve-0.1.0" in resolved and "grpcio-1.85.1" in resolved
     assert not re.search(r"\btorch-\d", resolved)
 

@@ -20,6 +20,7 @@ import yaml
 from leap.v1 import common_pb2, student_pb2, student_pb2_grpc, trainer_pb2
 from orchestrator.platforms.hot_swap import HotSwapError
 from orchestrator.platforms.kubernetes import (
+    DESIRED_CONFIGMAP,
     GPU_RESOURCE,
     JOB_ID_LABEL,
     RUN_LABEL,
@@ -40,7 +41,7 @@ RUN_DIR = "/runs/k8s-household"
 
 
 def trainer_template(gpus: int = 0) -> dict:
-    template = yaml.safe_load((ROOT / "deploy" / "base" / "trainer-template.yaml").read_text())
+    template = yaml.safe_load((ROOT / "deploy" / "base" / "workload" / "trainer-template.yaml").read_text())
     container = template["template"]["spec"]["containers"][0]
     container["image"] = "registry.example/leap-serve/trainer:0.1.0-cuda"
     if gpus:
@@ -57,6 +58,14 @@ def request(output_name: str = "student") -> trainer_pb2.StartJobRequest:
         hyper_parameters=trainer_pb2.HyperParameters(lora_r=16, learning_rate=3e-4, seed=7))
 
 
+def desired_configmap() -> dict:
+    """The ConfigMap as the platform overlay creates it (no record yet)."""
+    docs = list(yaml.safe_load_all((ROOT / "deploy" / "base" / "workload" / "student.yaml").read_text()))
+    cm = next(d for d in docs if d and d["kind"] == "ConfigMap" and d["metadata"]["name"] == DESIRED_CONFIGMAP)
+    cm["metadata"]["namespace"] = NS
+    return cm
+
+
 def result_message(job_id: str, version: str = "v1") -> str:
     return json.dumps({"job_id": job_id, "state": "JOB_STATE_SUCCEEDED",
                        "checkpoint": {"name": "student", "version": version,
@@ -68,6 +77,7 @@ def result_message(job_id: str, version: str = "v1") -> str:
 def kube():
     fake = FakeKube().start()
     fake.add_pod_template(trainer_template(), NS)
+    fake.put("configmaps", desired_configmap())
     yield fake
     fake.stop()
 
@@ -364,7 +374,7 @@ def test_attach_to_run_trains_with_jobs_retrying_a_failed_one_and_swaps_on_every
     config = load_config(preset="smoke")
     leap = LeapRun(config, tmp_path / "run", stubs=None, reporter=ProgressReporter(enabled=False))
     platform = make_platform(kube)
-    attach_to_run(leap, platform)
+    attach_to_run(leap, platform, handle_sigterm=False)
     run_id = leap.state.values["run_id"]
     base_id = f"{run_id}-iter1"
 
@@ -397,7 +407,7 @@ def test_attach_to_run_gives_up_after_the_runs_attempts_with_the_last_error(kube
     from orchestrator.progress import ProgressReporter
 
     leap = LeapRun(load_config(preset="smoke"), tmp_path / "run", stubs=None, reporter=ProgressReporter(enabled=False))
-    attach_to_run(leap, make_platform(kube))
+    attach_to_run(leap, make_platform(kube), handle_sigterm=False)
     kube.on_job_created = lambda job: later(0.1, kube.finish_job, job["metadata"]["name"], succeeded=False,
                                             exit_code=1, message='{"state":"JOB_STATE_FAILED","error":"no GPU"}')
     with pytest.raises(RuntimeError, match=f"failed {MAX_TRAIN_ATTEMPTS} times on Kubernetes.*no GPU"):
