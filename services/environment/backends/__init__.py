@@ -40,7 +40,10 @@ _lock = threading.Lock()
 # name -> factory, or "module:attribute" naming one (imported on first use).
 _REGISTRY: dict[str, Union[str, Factory]] = {
     "household": "services.environment.backends.household:HouseholdBackend",
+    "alfworld": "services.environment.backends.alfworld:AlfworldBackend",
+    "textworld": "services.environment.backends.textworld:TextWorldBackend",
     "webshop": "services.environment.backends.webshop:webshop_backend",
+    "intercode_bash": "services.environment.backends.intercode_bash:IntercodeBashBackend",
 }
 
 
