@@ -26,6 +26,7 @@ log = logging.getLogger("leap.orchestrator")
 INVALID_OUTPUT_ACTION = "(no valid action)"
 ACT_TIMEOUT_S = 600.0
 ENV_TIMEOUT_S = 30.0
+LIST_PAGE_SIZE = 4
 TEACHER_TIMEOUT_S = 600.0
 
 
@@ -132,23 +133,34 @@ def correct(stubs: ServiceStubs, trajectory: common_pb2.Trajectory, level: int) 
         timeout=TEACHER_TIMEOUT_S)
 
 
-def list_task_refs(stubs: ServiceStubs, env: str, split: str, offset: int, count: int) -> list[common_pb2.TaskRef]:
-    """Tasks [offset, offset + count) of a split, in the environment's stable order."""
+def list_task_refs(stubs: ServiceStubs, env: str, split: str, offset: int, count: int,
+                   keys: str = "") -> list[common_pb2.TaskRef]:
+    """Tasks [offset, offset + count) of a split, in the environment's stable order.
+
+    ``keys`` names the run-config keys that chose offset and count, for the error when the split is
+    too small."""
     refs: list[common_pb2.TaskRef] = []
     token = ""
-    seen = 0
+    total = 0
+    # Pages of at most LIST_PAGE_SIZE tasks, starting at `offset`: a backend that builds each task on
+    # first use (textworld generates its game) then answers every call well inside its deadline.
     while len(refs) < count:
-        page = stubs.env.ListTasks(environment_pb2.ListTasksRequest(env=env, split=split, page_size=1000,
-                                                                   page_token=token), timeout=ENV_TIMEOUT_S)
-        for info in page.tasks:
-            if seen >= offset and len(refs) < count:
-                refs.append(info.task)
-            seen += 1
+        request = environment_pb2.ListTasksRequest(env=env, split=split, page_size=min(count - len(refs),
+                                                                                      LIST_PAGE_SIZE))
+        if token:
+            request.page_token = token
+        else:
+            request.offset = offset
+        page = stubs.env.ListTasks(request, timeout=ENV_TIMEOUT_S)
+        total = page.total
+        refs.extend(info.task for info in page.tasks[: count - len(refs)])
         token = page.next_page_token
         if not token:
             break
     if len(refs) < count:
-        raise ValueError(f"split {split!r} of {env!r} has only {seen} tasks; asked for {count} from index {offset}")
+        hint = f" (set {keys} in the run config)" if keys else ""
+        raise ValueError(f"split {split!r} of {env!r} has only {total} tasks; asked for {count} from index "
+                         f"{offset}{hint}")
     return refs
 
 

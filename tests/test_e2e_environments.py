@@ -17,11 +17,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 LEAP = [sys.executable, "-m", "orchestrator.cli"]
 
-#: name -> smoke overrides (horizons long enough for the experts to finish a task).
+#: name -> smoke overrides (horizons long enough for the experts to finish a task; rollout tasks inside
+#: the train split, which is smaller than household's).
 ENVIRONMENTS = {
+    "alfworld": {"horizon": 10, "demo_horizon": 50, "rollout_offset": 100},
+    "intercode_bash": {"horizon": 3, "demo_horizon": 5, "rollout_offset": 100},
+    "textworld": {"horizon": 10, "demo_horizon": 60, "rollout_offset": 50},
     "webshop": {"horizon": 6, "demo_horizon": 15},
 }
 

@@ -59,7 +59,8 @@ class EnvironmentServicer(pb_grpc.EnvironmentServiceServicer):
             environments=[convert.environment_info(spec) for spec in self.sessions.list_environments()])
 
     def ListTasks(self, request, context):
-        page = self.sessions.list_tasks(request.env, request.split, request.page_size, request.page_token)
+        page = self.sessions.list_tasks(request.env, request.split, request.page_size, request.page_token,
+                                        request.offset)
         return pb.ListTasksResponse(tasks=[convert.task_info(request.env, t) for t in page.tasks],
                                     next_page_token=page.next_page_token, total=page.total)
 

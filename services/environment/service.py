@@ -272,14 +272,22 @@ class EnvironmentSessions:
     def list_environments(self) -> list[EnvironmentSpec]:
         return [backend.spec() for backend in self.backends.all()]
 
-    def list_tasks(self, env: str, split: str, page_size: int = 0, page_token: str = "") -> TaskPage:
+    def list_tasks(self, env: str, split: str, page_size: int = 0, page_token: str = "",
+                   offset: int = 0) -> TaskPage:
         backend = self.backends.get(env)
         check_id(split, "split")
         total = backend.num_tasks(split)
         if page_size < 0:
             raise InvalidArgument(f"page_size must be >= 0 (0 means {DEFAULT_PAGE_SIZE}); got {page_size}")
+        if offset < 0:
+            raise InvalidArgument(f"offset must be >= 0; got {offset}")
+        if offset and page_token:
+            raise InvalidArgument("send either an offset (for the first page) or a page_token, not both")
         size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        offset = _decode_token(page_token, env, split) if page_token else 0
+        if page_token:
+            offset = _decode_token(page_token, env, split)
+        if offset >= total:
+            return TaskPage([], "", total)
         tasks = backend.list_tasks(split, offset, size)
         end = offset + len(tasks)
         return TaskPage(tasks, _encode_token(env, split, end) if end < total else "", total)

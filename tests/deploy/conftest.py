@@ -102,3 +102,11 @@ def pod_spec(obj: dict) -> dict:
     if obj["kind"] == "PodTemplate":
         return obj["template"]["spec"]
     return obj["spec"]["template"]["spec"]
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that use the deploy linters (directly or through the rendered manifests) form a tier of
+    their own: `-m "not deploy_tools"` leaves them out."""
+    for item in items:
+        if {"tools", "rendered_files"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.deploy_tools)

@@ -125,7 +125,10 @@ def test_dockerfile_structure(service):
     project = next(i for i, (w, a) in enumerate(build) if w == "RUN" and "--project-only" in a)
     assert len(code) == 3 and deps < min(code) and max(code) < project
     before = " ".join(a for w, a in build[:deps] if w == "COPY")
-    assert before == "pyproject.toml README.md constraints.txt ./ scripts/install_image.sh scripts/install_image.sh"
+    # The environment image also installs InterCode's tasks (extra intercode) in its dependency layer.
+    intercode = " scripts/install_intercode.sh scripts/install_intercode.sh" if service == "environment" else ""
+    assert before == "pyproject.toml README.md constraints.txt ./ scripts/install_image.sh scripts/install_image.sh" \
+        + intercode
 
 
 @pytest.mark.parametrize("service", IMAGES)
@@ -306,6 +309,7 @@ def test_everything_an_image_installs_is_pinned_and_installed_by_ci(service):
         assert "torch" not in packages and "transformers" not in packages, f"the {service} image must stay small"
 
 
+@pytest.mark.network
 def test_the_install_script_resolves_an_image_with_pip():
     """scripts/install_image.sh end to end with pip (--dry-run), for the environment image (no torch).
 

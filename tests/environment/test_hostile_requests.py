@@ -129,6 +129,27 @@ def test_page_tokens_of_any_size_or_alphabet_are_invalid_argument(env):
     assert [t.task.task_id for t in second.tasks] == ["train-00003", "train-00004", "train-00005"]
 
 
+def test_list_offsets_start_where_asked_and_hostile_ones_are_invalid_argument(env):
+    total = env.ListTasks(pb.ListTasksRequest(env="household", split="valid_seen", page_size=1), timeout=10).total
+    page = env.ListTasks(pb.ListTasksRequest(env="household", split="valid_seen", page_size=3, offset=total - 3),
+                         timeout=10)
+    assert [t.task.task_id for t in page.tasks] == [f"valid_seen-{i:05d}" for i in range(total - 3, total)]
+    assert page.next_page_token == "" and page.total == total
+    for offset in (total, 2**31 - 1):  # at or past the end: an empty page, not an error
+        past = env.ListTasks(pb.ListTasksRequest(env="household", split="valid_seen", offset=offset), timeout=10)
+        assert (len(past.tasks), past.next_page_token, past.total) == (0, "", total)
+    # The page token continues from the offset.
+    first = env.ListTasks(pb.ListTasksRequest(env="household", split="train", page_size=2, offset=5), timeout=10)
+    second = env.ListTasks(pb.ListTasksRequest(env="household", split="train", page_size=2,
+                                               page_token=first.next_page_token), timeout=10)
+    assert [t.task.task_id for t in second.tasks] == ["train-00007", "train-00008"]
+    for request in (pb.ListTasksRequest(env="household", split="train", offset=-1),
+                    pb.ListTasksRequest(env="household", split="train", offset=-2**31),
+                    pb.ListTasksRequest(env="household", split="train", offset=3,
+                                        page_token=first.next_page_token)):
+        assert "offset" in assert_clean(status(env.ListTasks, request), grpc.StatusCode.INVALID_ARGUMENT)
+
+
 # --- finding 8: only ASCII digits in task ids ---------------------------------------------------------
 
 @pytest.mark.parametrize("task_id", [
