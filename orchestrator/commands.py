@@ -71,12 +71,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         reporter.note("services: " + ", ".join(f"{k} {v}" for k, v in addresses.items()))
         stubs = ServiceStubs(addresses)
         try:
-            leap = LeapRun(config, run_dir, stubs, reporter,
+            platform = None
+            if args.platform == "kubernetes":
+                from orchestrator.platforms.kubernetes import KubernetesPlatform
+
+                platform = KubernetesPlatform.from_environment()
+            leap = LeapRun(config, run_dir, stubs, reporter, platform=platform,
                            act_hook=_audit_hook(args.audit_student_inputs) if args.audit_student_inputs else None)
             if args.platform == "kubernetes":
-                from orchestrator.platforms.kubernetes import attach_to_run
+                from orchestrator.platforms.kubernetes import (
+                    install_termination_handler,
+                    use_health_checked_student_channel,
+                )
 
-                attach_to_run(leap)
+                use_health_checked_student_channel(leap)
+                install_termination_handler(platform, leap.run_label)
             results = leap.run()
         finally:
             stubs.close()

@@ -15,6 +15,11 @@ from typing import Any
 
 import yaml
 
+from services.runtime.experts import DEFAULT_REALIZABILITY_LEVEL, REALIZABILITY_LEVELS
+from services.runtime.numbers import is_finite_number
+from services.teacher.backends import DEFAULT_BACKEND as DEFAULT_TEACHER_BACKEND
+from services.trainer import methods as training_methods
+
 PRESETS_DIR = Path(__file__).parent / "presets"
 
 
@@ -58,9 +63,9 @@ class StudentConfig:
 
 @dataclass
 class TeacherConfig:
-    backend: str = "oracle"
+    backend: str = DEFAULT_TEACHER_BACKEND      # a services.teacher.backends name
     address: str = ""
-    realizability_level: int = 50
+    realizability_level: int = DEFAULT_REALIZABILITY_LEVEL
     llm_endpoint: str = ""
     llm_model: str = ""
 
@@ -68,7 +73,7 @@ class TeacherConfig:
 @dataclass
 class TrainerConfig:
     address: str = ""
-    method: str = "sft"            # sft | dpo | kto for iterations >= 1 (iteration 0 is always SFT)
+    method: str = "sft"            # a services.trainer.methods name, for iterations >= 1 (iteration 0 is always SFT)
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -84,6 +89,18 @@ class TrainerConfig:
 
 
 @dataclass
+class RetryConfig:
+    """How the orchestrator retries training and follows it over a broken connection."""
+
+    train_attempts: int = 3              # attempts per training (each a new job id) before the run fails
+    watch_backoff_s: float = 1.0         # pause before reopening a broken watch of a training job
+    watch_reconnect_s: float = 0.0       # give up a watch after this long without a connection (0: never)
+    call_timeout_s: float = 30.0         # deadline of GetJob, CancelJob and ListAdapters calls
+    start_timeout_s: float = 60.0        # deadline of StartJob (the trainer reads every dataset row)
+    load_adapter_timeout_s: float = 300.0  # deadline of LoadAdapter on the student
+
+
+@dataclass
 class RunConfig:
     name: str = "default"
     seed: int = 0
@@ -94,6 +111,7 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,14 +120,18 @@ class RunConfig:
         problems = []
         if self.iterations < 0:
             problems.append("iterations must be >= 0")
-        if self.teacher.realizability_level not in (0, 25, 50, 75, 100):
-            problems.append("teacher.realizability_level must be one of 0, 25, 50, 75, 100")
-        if self.trainer.method not in ("sft", "dpo", "kto"):
-            problems.append("trainer.method must be sft, dpo or kto")
+        if self.teacher.realizability_level not in REALIZABILITY_LEVELS:
+            problems.append("teacher.realizability_level must be one of "
+                            + ", ".join(map(str, REALIZABILITY_LEVELS)))
+        if not training_methods.is_known(self.trainer.method):
+            problems.append(f"trainer.method must be one of {', '.join(training_methods.names())} "
+                            f"(got {self.trainer.method!r})")
         if self.environment.eval_tasks < 1 or self.environment.demo_tasks < 1:
             problems.append("environment.eval_tasks and demo_tasks must be >= 1")
         if self.concurrency < 1:
             problems.append("concurrency must be >= 1")
+        if self.retry.train_attempts < 1:
+            problems.append("retry.train_attempts must be >= 1")
         options = self.environment.options
         if not isinstance(options, dict) or not all(
                 isinstance(k, str) and k and "=" not in k and isinstance(v, (str, int, float, bool))
@@ -138,8 +160,7 @@ def _typed(value: Any, kind: Any, key: str) -> Any:
             raise wrong("a whole number")
         return value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
-                float("inf"), float("-inf")):
+        if not is_finite_number(value):
             raise wrong("a finite number")
         return float(value)
     if kind is str:

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 
 from leap.v1 import common_pb2, teacher_pb2
 from services.runtime.files import atomic_write_jsonl
+from services.trainer import methods as training_methods
 
 
 def _prompt(env: str, trajectory: common_pb2.Trajectory, t: int, window: int) -> list[dict]:
@@ -50,11 +51,15 @@ def demonstration_rows(env: str, demos: list[common_pb2.Trajectory], window: int
 
 def correction_rows(env: str, pairs: list[tuple[common_pb2.Trajectory, teacher_pb2.Correction]], window: int,
                     method: str, keep_unchanged: bool) -> list[dict]:
-    """Iterations >= 1: one row per corrected step, prompt = the student's own history at t.
+    """Iterations >= 1: the rows of every corrected step, prompt = the student's own history at t.
 
-    sft: completion = corrected; dpo: chosen = corrected, rejected = the student's original;
-    kto: the corrected step labelled desirable and the original undesirable.
+    The rows are in `method`'s schema (its `correction_rows` in services.trainer.methods): for sft
+    completion = corrected; dpo: chosen = corrected, rejected = the student's original; kto: the
+    corrected step labelled desirable and the original undesirable. With `keep_unchanged`, steps
+    the teacher kept become rows too, for methods that imitate a target (sft).
     """
+    spec = training_methods.get(method)
+    keep_unchanged = keep_unchanged and spec.trains_on_unchanged_steps
     rows = []
     for trajectory, correction in pairs:
         if not correction.ok:
@@ -63,20 +68,13 @@ def correction_rows(env: str, pairs: list[tuple[common_pb2.Trajectory, teacher_p
             t = cstep.index
             if t >= len(trajectory.steps):
                 continue
-            if not cstep.is_corrected and not (keep_unchanged and method == "sft"):
+            if not cstep.is_corrected and not keep_unchanged:
                 continue
             messages = _prompt(env, trajectory, t, window)
             chosen = _target(cstep.reason, cstep.action)
             original = trajectory.steps[t]
             rejected = _target(original.reason, original.action)
-            meta = _meta(trajectory, t, "correction")
-            if method == "sft":
-                rows.append({"messages": messages, "completion": chosen, "meta": meta})
-            elif method == "dpo":
-                rows.append({"messages": messages, "chosen": chosen, "rejected": rejected, "meta": meta})
-            else:
-                rows.append({"messages": messages, "completion": chosen, "label": True, "meta": meta})
-                rows.append({"messages": messages, "completion": rejected, "label": False, "meta": meta})
+            rows.extend(spec.correction_rows(messages, chosen, rejected, _meta(trajectory, t, "correction")))
     return rows
 
 
@@ -87,9 +85,9 @@ def action_kind(row: dict) -> str:
 
     The action is read from the supervised target (`completion`, or `chosen` for DPO) by the
     student's own output parser; the notes from the row's last user message (what the student saw).
-    Walking while searching and walking to deliver are different decisions with the same first word:
-    counted together, the search walks (about four in five) crowded the delivery walks out of a
-    balanced subsample, and the student learned to put what it picked up straight back down.
+    Walking while searching and walking to deliver are different decisions with the same first word,
+    so " (holding)" separates them: a balanced subsample then keeps its share of delivery walks even
+    though search walks are far more common.
     """
     from services.student.memory import held_in_prompt
     from services.student.prompts import parse_output
@@ -158,8 +156,8 @@ def aggregate(per_iteration: list[list[dict]], seed: int, max_rows: int = 0,
 
     `balance_actions`: an iteration's rows are subsampled by action kind (`action_kind`,
     `balanced_quotas`) rather than at random, so that rare decisions survive. Corrections of failed
-    rollouts are mostly walking (in one measured run 439 of 474 corrected steps were "go to"), and a
-    random subsample of them taught the student to stop opening, taking and placing.
+    rollouts are dominated by one kind (walking, in household worlds), and a random subsample keeps
+    that imbalance: the rarer decisions (opening, taking, placing) would get too few rows to learn.
     """
     non_empty = [rows for rows in per_iteration if rows]
     if not non_empty:

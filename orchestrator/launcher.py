@@ -24,6 +24,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orchestrator.config import RunConfig
+from services.runtime.channels import make_channel
+from services.teacher import backends as teacher_backends
 
 SERVICE_NAMES = {
     "environment": "leap.v1.EnvironmentService",
@@ -93,9 +95,8 @@ class LocalServices:
         self._wait_ports(["environment"], startup_timeout)
         if not self.addresses["teacher"]:
             t = config.teacher
-            args = ["teacher", "serve", "--backend", t.backend, "--env-addr", self.addresses["environment"], *common]
-            if t.backend == "llm":
-                args += ["--llm-endpoint", t.llm_endpoint, "--llm-model", t.llm_model]
+            args = ["teacher", "serve", "--backend", t.backend, "--env-addr", self.addresses["environment"],
+                    *teacher_backends.spec(t.backend).launch_args(t), *common]
             self._spawn("teacher", args, privileged_env)
         self._wait_ports(list(self.started), startup_timeout)
         for name, address in self.addresses.items():
@@ -150,7 +151,7 @@ class LocalServices:
 def wait_serving(address: str, service: str, timeout: float, launched: LaunchedService | None = None) -> None:
     """Poll grpc.health.v1 until `service` is SERVING (a model may take a while to load)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with make_channel(address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if launched is not None and launched.process.poll() is not None:

@@ -12,6 +12,9 @@ A phase's outputs are written atomically, then the phase is marked done. `--resu
 phases; an unfinished phase is redone from its inputs (which are deterministic: seeded rollouts,
 seeded subsampling), so a run killed at any point ends with the same datasets and checkpoint
 versions as an uninterrupted one.
+
+Training and adapter serving go through the run's platform (orchestrator.platforms.base.Platform):
+the local trainer and student by default, trainer Jobs and every student replica on Kubernetes.
 """
 
 from __future__ import annotations
@@ -20,12 +23,10 @@ import logging
 import os
 import secrets
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import grpc
 import yaml
 
 from leap.v1 import common_pb2, environment_pb2, student_pb2, trainer_pb2
@@ -41,17 +42,16 @@ from orchestrator.episodes import (
     run_parallel,
     summarize,
 )
-from orchestrator.progress import ProgressReporter
+from orchestrator.platforms.base import BASE_VERSION, Platform, TrainingFailed, TrainingObserver
+from orchestrator.platforms.local import LocalPlatform
+from orchestrator.progress import PhaseProgress, ProgressReporter
 from orchestrator.state import RunState
+from services.runtime.experts import EXPERT_KINDS, REFERENCE_EXPERTS
+from services.trainer import methods as training_methods
 from services.runtime.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("leap.orchestrator")
 
-METHODS = {"sft": trainer_pb2.TRAINING_METHOD_SFT, "dpo": trainer_pb2.TRAINING_METHOD_DPO,
-           "kto": trainer_pb2.TRAINING_METHOD_KTO}
-TERMINAL = {trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED}
-MAX_TRAIN_ATTEMPTS = 3
-BASE_VERSION = "base"
 
 
 def fault_point(name: str) -> None:
@@ -76,6 +76,31 @@ def adapter_version(iteration: int) -> str:
     return f"student-iter-{iteration}"
 
 
+def plays_student(phase: str) -> bool:
+    """Whether a phase runs the student (so every replica must serve the latest adapter first)."""
+    return phase == "baseline.eval" or (phase.startswith("iter") and phase.endswith((".rollout", ".eval")))
+
+
+class TrainingProgress(TrainingObserver):
+    """Shows one training on its progress bar; the crash-test points of a training."""
+
+    def __init__(self, bar: PhaseProgress, title: str):
+        self.bar = bar
+        self.title = title
+
+    def submitted(self, job_id: str) -> None:
+        fault_point(f"{self.title}:submitted")
+
+    def progress(self, progress: trainer_pb2.JobProgress) -> None:
+        self.bar.update(completed=progress.step, total=progress.total_steps or None,
+                        info=f"loss {progress.loss:.3f}  {progress.tokens_per_second:.0f} tok/s")
+        if progress.step >= 1:
+            fault_point(f"{self.title}:step-{progress.step}")
+
+    def status(self, text: str) -> None:
+        self.bar.update(info=text[:120])
+
+
 class ConfigMismatch(RuntimeError):
     pass
 
@@ -88,6 +113,8 @@ class LeapRun:
     reporter: ProgressReporter
     # Test hook: called with every ActItem the student is sent (to prove nothing privileged is in it).
     act_hook: Callable[[student_pb2.ActItem], None] | None = None
+    # Where training and adapter serving happen (default: the trainer and student at `stubs`).
+    platform: Platform | None = None
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)
@@ -97,6 +124,14 @@ class LeapRun:
             self.state.save()
         self.env = self.config.environment.name
         self._env_info: environment_pb2.EnvironmentInfo | None = None
+        if self.platform is None:
+            self.platform = LocalPlatform(self.stubs, self.config.retry)
+        self.platform.begin_run(self.run_label)
+
+    @property
+    def run_label(self) -> str:
+        """The run's name on the platform: `<config name>-<run id>`."""
+        return f"{self.config.name}-{self.state.values['run_id']}".strip("-")
 
     # ---------------------------------------------------------------- setup
     @staticmethod
@@ -149,10 +184,11 @@ class LeapRun:
         self._environment()
         if not (self.run_dir / "manifest.json").exists():
             self.write_manifest()
-        self._restore_adapter()
         for name in self.state.phases:
             if self.state.is_done(name):
                 continue
+            if plays_student(name):
+                self.confirm_latest_adapter()
             self.state.begin(name)
             outputs = self._dispatch(name)
             self.state.finish(name, outputs)
@@ -216,7 +252,8 @@ class LeapRun:
         return trajectories, errors
 
     def _eval_tasks(self, split: str) -> list[common_pb2.TaskRef]:
-        return list_task_refs(self.stubs, self.env, split, 0, self.config.environment.eval_tasks)
+        return list_task_refs(self.stubs, self.env, split, 0, self.config.environment.eval_tasks,
+                              "environment.eval_tasks")
 
     def _evaluate_student(self, label: str, version: str) -> dict:
         metrics = {}
@@ -233,8 +270,8 @@ class LeapRun:
     def _evaluate_experts(self) -> dict:
         out = {}
         offered = self._experts()
-        for label, expert in (("searching_expert", environment_pb2.EXPERT_KIND_SEARCHER),
-                              ("privileged_planner", environment_pb2.EXPERT_KIND_PLANNER)):
+        for label, (name, _title) in REFERENCE_EXPERTS.items():
+            expert = EXPERT_KINDS[name]
             if expert not in offered:
                 continue
             metrics = {}
@@ -268,9 +305,7 @@ class LeapRun:
 
     def _experts(self) -> set[int]:
         """The expert kinds the environment offers (all three from a server too old to say)."""
-        return set(self._environment().experts) or {environment_pb2.EXPERT_KIND_SEARCHER,
-                                                    environment_pb2.EXPERT_KIND_PRIOR_SEARCHER,
-                                                    environment_pb2.EXPERT_KIND_PLANNER}
+        return set(self._environment().experts) or set(EXPERT_KINDS.values())
 
     def demonstration_expert(self) -> int:
         """BC imitates LEAP's searching expert (it uses only what the agent observed); environments
@@ -286,7 +321,8 @@ class LeapRun:
     # ---------------------------------------------------------------- iteration 0 (BC)
     def _demos(self) -> dict:
         e = self.config.environment
-        tasks = list_task_refs(self.stubs, self.env, e.train_split, e.demo_offset, e.demo_tasks)
+        tasks = list_task_refs(self.stubs, self.env, e.train_split, e.demo_offset, e.demo_tasks,
+                                "environment.demo_offset and environment.demo_tasks")
         expert = self.demonstration_expert()
         with self.reporter.phase("iter0: expert demonstrations + teacher reasons", len(tasks)) as bar:
             outcomes = run_parallel(
@@ -301,7 +337,7 @@ class LeapRun:
     def _rollout(self, i: int) -> dict:
         e = self.config.environment
         tasks = list_task_refs(self.stubs, self.env, e.train_split, e.rollout_offset + (i - 1) * e.rollout_tasks,
-                               e.rollout_tasks)
+                               e.rollout_tasks, "environment.rollout_offset and environment.rollout_tasks")
         settings = self._settings(self.config.student.rollout_temperature, self.config.seed * 1000 + i,
                                   adapter_version(i - 1))
         trajectories, errors = self._play(f"iter{i}: rollouts on train", tasks, settings)
@@ -366,7 +402,7 @@ class LeapRun:
         if i > 0:
             parent = self.state.values["checkpoints"][str(i - 1)]
         spec = trainer_pb2.StartJobRequest(
-            method=METHODS[self._method(i)],
+            method=training_methods.to_proto(self._method(i)),
             datasets=[common_pb2.ArtifactRef(uri=str(Path(dataset["mixed_file"]).resolve()),
                                              sha256=dataset["mixed_sha256"], format="jsonl")],
             base_model=self.config.student.model, output_name="student", hyper_parameters=self._hyper(),
@@ -382,81 +418,52 @@ class LeapRun:
         return {"job_id": job.job_id, "checkpoint": ckpt, "final_loss": job.progress.loss}
 
     def _run_training_job(self, base_id: str, spec: trainer_pb2.StartJobRequest, title: str) -> trainer_pb2.Job:
-        for attempt in range(1, MAX_TRAIN_ATTEMPTS + 1):
-            job_id = f"{base_id}-a{attempt}"
-            try:
-                job = self.stubs.trainer.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=30)
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.NOT_FOUND:
+        """Train on the platform; a failed attempt is retried under a new job id (retry.train_attempts)."""
+        attempts = self.config.retry.train_attempts
+        last_error = ""
+        for attempt in range(1, attempts + 1):
+            request = trainer_pb2.StartJobRequest()
+            request.CopyFrom(spec)
+            request.job_id = f"{base_id}-a{attempt}"
+            with self.reporter.phase(title, None) as bar:
+                try:
+                    job = self.platform.train_job(request, TrainingProgress(bar, title))
+                except TrainingFailed as exc:
+                    last_error = str(exc)
+                    log.warning("training attempt failed", extra={"job_id": request.job_id, "error": last_error})
+                    continue
+                except KeyboardInterrupt:  # stopped by hand: the training stops with the run
+                    self.platform.cancel_job(request.job_id)
                     raise
-                request = trainer_pb2.StartJobRequest()
-                request.CopyFrom(spec)
-                request.job_id = job_id
-                job = self.stubs.trainer.StartJob(request, timeout=60)
-                fault_point(f"{title}:submitted")
-            if job.state in (trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED):
-                log.warning("training attempt ended badly; retrying", extra={"job_id": job_id, "error": job.error})
-                continue
-            job = self._watch(job_id, title)
             if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
                 return job
-            log.warning("training attempt failed", extra={"job_id": job_id, "error": job.error})
-        raise RuntimeError(f"training failed {MAX_TRAIN_ATTEMPTS} times; last error: {job.error}")
+            last_error = job.error or trainer_pb2.JobState.Name(job.state)
+            log.warning("training attempt failed", extra={"job_id": request.job_id, "error": last_error})
+        raise RuntimeError(f"training failed {attempts} times on {self.platform.description}; "
+                           f"last error: {last_error}")
 
-    def _watch(self, job_id: str, title: str) -> trainer_pb2.Job:
-        with self.reporter.phase(title, None) as bar:
-            while True:
-                try:
-                    for p in self.stubs.trainer.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id)):
-                        bar.update(completed=p.step, total=p.total_steps or None,
-                                   info=f"loss {p.loss:.3f}  {p.tokens_per_second:.0f} tok/s")
-                        if p.step >= 1:
-                            fault_point(f"{title}:step-{p.step}")
-                        if p.state in TERMINAL:
-                            break
-                except grpc.RpcError as exc:
-                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                        raise
-                    time.sleep(1.0)
-                job = self.stubs.trainer.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=30)
-                if job.state in TERMINAL:
-                    return job
-
-    def _load(self, i: int) -> dict:
+    def _adapter(self, i: int) -> common_pb2.CheckpointRef:
+        """Iteration i's checkpoint, served under the adapter version adapter_version(i)."""
         ckpt = self.state.values["checkpoints"][str(i)]
         if ckpt is None:  # nothing trained in iteration 0 (cannot happen with demos) or skipped
             raise RuntimeError(f"no checkpoint for iteration {i}")
-        info = self._load_adapter(adapter_version(i), ckpt)
-        self.state.values["current_adapter"] = {"version": adapter_version(i), "checkpoint": ckpt}
-        self.state.save()
+        ref = common_pb2.CheckpointRef(**ckpt)
+        ref.version = adapter_version(i)
+        return ref
+
+    def _load(self, i: int) -> dict:
+        ref = self._adapter(i)
+        with self.reporter.phase(f"hot-swap {ref.version}", None) as bar:
+            info = self.platform.load_adapter(ref, on_status=lambda text: bar.update(info=text[:120]))
+            fault_point(f"hot-swap {ref.version}:loaded")
         return {"version": info.version, "load_seconds": info.load_seconds}
 
-    def _load_adapter(self, version: str, ckpt: dict):
-        ref = common_pb2.CheckpointRef(**ckpt)
-        ref.version = version
-        with self.reporter.phase(f"hot-swap {version}", 1) as bar:
-            try:
-                info = self.stubs.student.LoadAdapter(student_pb2.LoadAdapterRequest(checkpoint=ref), timeout=300)
-                fault_point(f"hot-swap {version}:loaded")
-            except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
-                    raise
-                info = next(a for a in self.stubs.student.ListAdapters(student_pb2.ListAdaptersRequest(),
-                                                                       timeout=30).adapters if a.version == version)
-            bar.advance(1)
-        return info
-
-    def _restore_adapter(self) -> None:
-        """After a restart, make sure the student serves the adapter the next phases pin (the latest)."""
+    def confirm_latest_adapter(self) -> None:
+        """Make sure the student (every replica) serves the adapter the next phases pin: the latest
+        loaded one, or the base model before any; after a restart of the run or of a replica too."""
         checkpoints = self.state.values.get("checkpoints", {})
-        loaded_iterations = [int(k) for k, ckpt in checkpoints.items() if ckpt and self.state.is_done(f"iter{k}.load")]
-        if not loaded_iterations:
-            return
-        latest = max(loaded_iterations)
-        loaded = {a.version for a in self.stubs.student.ListAdapters(student_pb2.ListAdaptersRequest(),
-                                                                      timeout=30).adapters}
-        if adapter_version(latest) not in loaded:
-            self._load_adapter(adapter_version(latest), checkpoints[str(latest)])
+        loaded = [int(k) for k, ckpt in checkpoints.items() if ckpt and self.state.is_done(f"iter{k}.load")]
+        self.platform.confirm_adapter(self._adapter(max(loaded)) if loaded else None, on_status=self.reporter.note)
 
     # ---------------------------------------------------------------- report
     def results(self) -> dict:

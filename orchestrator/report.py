@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.config import RunConfig
+from services.runtime.experts import REFERENCE_EXPERTS
 from services.runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
@@ -24,13 +25,14 @@ def _label(name: str) -> str:
         return "BC (iter 0)"
     if name.startswith("iter"):
         return f"LEAP iter {name[4:]}"
+    if name in REFERENCE_EXPERTS:
+        return REFERENCE_EXPERTS[name][1]
     return name.replace("_", " ")
 
 
 def collect_results(run_dir: Path, config: RunConfig) -> dict:
     metrics_dir = Path(run_dir) / "metrics"
-    order = ["baseline", "iter0"] + [f"iter{i}" for i in range(1, config.iterations + 1)] + \
-        ["searching_expert", "privileged_planner"]
+    order = ["baseline", "iter0"] + [f"iter{i}" for i in range(1, config.iterations + 1)] + list(REFERENCE_EXPERTS)
     rows = []
     for name in order:
         path = metrics_dir / f"{name}.json"
@@ -107,10 +109,9 @@ def plot(results: dict, path: Path) -> Path:
     ax.plot(xs, ys, marker="o", linewidth=2.5, color="#1f77b4", label="student (BC at 0, then LEAP)")
     for x, y in zip(xs, ys):
         ax.annotate(f"{y:.0f}%", (x, y), textcoords="offset points", xytext=(0, 8), ha="center")
-    styles = {"baseline": ("untrained student", "#7f7f7f", ":"),
-              "searching_expert": ("searching expert", "#2ca02c", "--"),
-              "privileged_planner": ("privileged planner", "#d62728", "-.")}
-    for name, (label, color, ls) in styles.items():
+    styles = {"baseline": ("#7f7f7f", ":"), "searching_expert": ("#2ca02c", "--"), "privileged_planner": ("#d62728", "-.")}
+    for name, (color, ls) in styles.items():
+        label = _label(name)
         y = success(name)
         if y is not None:
             ax.axhline(y, color=color, linestyle=ls, linewidth=1.5, label=f"{label} ({y:.0f}%)")

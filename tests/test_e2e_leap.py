@@ -1,9 +1,11 @@
 """End to end: `leap run --preset smoke` through the real CLI, real services, real model.
 
-One uninterrupted run is the reference. A second run is killed with SIGKILL mid-rollout,
-mid-training and mid-hot-swap, resumed each time, and must end with the same datasets and
-checkpoint versions. The reference run's audit log of every student request and its training
-data are checked against the environment's privileged state: nothing privileged reaches the student.
+One uninterrupted run is the reference. A second run is killed with SIGKILL while its trainer job
+runs, resumed, and must end with the same datasets and checkpoint versions: the real processes,
+the trainer's persisted job and the restarted services. Resuming from every other phase is tested
+in process, against fakes (tests/orchestrator/test_leap_run.py). The reference run's audit log of
+every student request and its training data are checked against the environment's privileged
+state: nothing privileged reaches the student.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+pytestmark = pytest.mark.e2e
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAP = [sys.executable, "-m", "orchestrator.cli"]
@@ -78,24 +82,22 @@ def test_report_prints_the_table_again(reference_run):
 
 
 @pytest.mark.timeout(1800)
-def test_resume_after_kill_9_matches_uninterrupted(reference_run, tmp_path):
+def test_resume_after_kill_9_during_training_matches_uninterrupted(reference_run, tmp_path):
     reference_dir, _audit, _proc = reference_run
     run_dir = tmp_path / "killed"
-    kills = ["iter1: rollouts on train:episode-1", "iter1: train (sft):submitted", "hot-swap student-iter-1:loaded"]
-    first = _run(["run", "--preset", "smoke", "--run-dir", str(run_dir), "--quiet"], {"LEAP_FAULT_KILL": kills[0]})
+    # Killed just after the trainer accepted iteration 1's job: the resumed run adopts that job.
+    first = _run(["run", "--preset", "smoke", "--run-dir", str(run_dir), "--quiet"],
+                 {"LEAP_FAULT_KILL": "iter1: train (sft):submitted"})
     assert first.returncode == -9, first.stderr[-3000:]
-    for point in kills[1:]:
-        proc = _run(["run", "--resume", str(run_dir), "--quiet"], {"LEAP_FAULT_KILL": point})
-        assert proc.returncode == -9, f"{point}: {proc.stderr[-3000:]}"
     final = _run(["run", "--resume", str(run_dir), "--quiet"])
     assert final.returncode == 0, final.stderr[-3000:]
     assert _fingerprint(run_dir) == _fingerprint(reference_dir)
     state = _state(run_dir)
     assert all(p["status"] == "done" for p in state["phases"])
-    # The interrupted phases were redone; the finished ones were not.
+    # The interrupted phase was redone; the finished ones were not.
     attempts = {p["name"]: p["attempts"] for p in state["phases"]}
-    assert attempts["baseline.eval"] == 1 and attempts["iter0.train"] == 1
-    assert attempts["iter1.rollout"] == 2 and attempts["iter1.train"] == 2 and attempts["iter1.load"] == 2
+    assert attempts["iter1.train"] == 2
+    assert all(n == 1 for name, n in attempts.items() if name != "iter1.train")
     assert not list(run_dir.rglob("*.partial"))
 
 

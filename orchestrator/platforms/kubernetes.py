@@ -38,11 +38,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from google.protobuf import json_format
 
 from leap.v1 import common_pb2, student_pb2, trainer_pb2
+from orchestrator.platforms.base import BASE_VERSION, Platform, StatusCallback, TrainingFailed, TrainingObserver
 from orchestrator.platforms.hot_swap import HotSwapError, ReplicaResult, SwapReport, swap_adapter_on_replicas
 from services.student.desired_adapter import RECORD_KEY, encode_record
 
@@ -63,10 +64,9 @@ EXIT_BAD_REQUEST = 2
 # Waiting reasons that do not clear up by themselves (after `stuck_after_s`).
 STUCK_REASONS = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
                  "CreateContainerError"}
-StatusCallback = Callable[[str], None]
 
 
-class TrainerJobFailed(RuntimeError):
+class TrainerJobFailed(TrainingFailed):
     """A trainer Job failed (or cannot start). The message says why, with the pod's last log lines."""
 
     def __init__(self, message: str, *, job_name: str = "", exit_code: int | None = None, reason: str = "",
@@ -343,8 +343,14 @@ def _pick_port(ports: list[dict], wanted: str) -> int | None:
 
 
 # ------------------------------------------------------------------------------------- the platform
-class KubernetesPlatform:
-    """Trainer Jobs and student replicas of one namespace, through the Kubernetes API."""
+class KubernetesPlatform(Platform):
+    """Trainer Jobs and student replicas of one namespace, through the Kubernetes API.
+
+    As a run's platform: every training is a trainer Job labelled with the run; every adapter the run
+    loads is recorded as the student fleet's desired adapter and hot-swapped on every replica.
+    """
+
+    description = "Kubernetes"
 
     def __init__(self, api_client, settings: PlatformSettings):
         from kubernetes import client
@@ -645,6 +651,29 @@ class KubernetesPlatform:
         name = self.submit_trainer_job(request, job_id=job_id, run=run)
         return self.wait_for_job(name, timeout_s=timeout_s, on_status=on_status)
 
+    # -------------------------------------------------------------- the run's platform
+    def train_job(self, request: trainer_pb2.StartJobRequest, observer: TrainingObserver) -> trainer_pb2.Job:
+        name = self.submit_trainer_job(request, job_id=request.job_id, run=self.run_label)
+        observer.submitted(request.job_id)
+        return self.wait_for_job(name, on_status=observer.status)
+
+    def cancel_job(self, job_id: str) -> None:
+        self.delete_trainer_job(trainer_job_name(job_id))
+
+    def load_adapter(self, checkpoint: common_pb2.CheckpointRef, on_status: StatusCallback) -> student_pb2.AdapterInfo:
+        report = self.hot_swap(checkpoint, on_status=on_status, run=self.run_label)
+        on_status(report.summary())
+        return student_pb2.AdapterInfo(version=checkpoint.version, checkpoint=checkpoint, current=True,
+                                       load_seconds=max((r.load_seconds for r in report.replicas), default=0.0))
+
+    def confirm_adapter(self, checkpoint: common_pb2.CheckpointRef | None, on_status: StatusCallback) -> None:
+        if checkpoint is None:
+            # Replicas that start now serve the base model, not a previous run's adapter.
+            self.record_desired_adapter(BASE_VERSION, run=self.run_label)
+        else:
+            # A replica that serves it already is only asked (ListAdapters); the others load it.
+            self.hot_swap(checkpoint, on_status=on_status, run=self.run_label)
+
     # -------------------------------------------------------------- student replicas
     def student_endpoints(self) -> tuple[list[str], list[str]]:
         """(ready, not ready) replica addresses of the student Service, as host:port."""
@@ -735,7 +764,7 @@ class KubernetesPlatform:
         return report
 
 
-# ------------------------------------------------------------------------------------- the run's hook
+# ------------------------------------------------------------------------------------- the run's process
 def install_termination_handler(platform: KubernetesPlatform, run: str) -> bool:
     """On SIGTERM, delete the run's unfinished trainer Jobs, then exit (status 143).
 
@@ -782,71 +811,3 @@ def use_health_checked_student_channel(leap) -> None:
         if old is not None:
             old.close()
     stubs.student = student_pb2_grpc.StudentServiceStub(channel)
-
-
-def attach_to_run(leap, platform: KubernetesPlatform | None = None, *, handle_sigterm: bool = True) -> KubernetesPlatform:
-    """Make a LeapRun train with Kubernetes Jobs and hot-swap on every student replica.
-
-    Replaces the run's training and adapter loading; records every adapter it loads as the student
-    fleet's desired adapter; before each phase that plays the student it also makes sure every
-    replica (a restarted or added one too) serves the latest adapter. On SIGTERM it cancels the
-    run's trainer Jobs (install_termination_handler).
-    """
-    from orchestrator import loop as loop_module
-
-    platform = platform or KubernetesPlatform.from_environment()
-    attempts = getattr(loop_module, "MAX_TRAIN_ATTEMPTS", 3)
-    run_label = f"{leap.config.name}-{leap.state.values.get('run_id', '')}".strip("-")
-
-    def run_training_job(base_id: str, spec: trainer_pb2.StartJobRequest, title: str) -> trainer_pb2.Job:
-        last_error = ""
-        for attempt in range(1, attempts + 1):
-            job_id = f"{base_id}-a{attempt}"
-            with leap.reporter.phase(f"{title} [Job {trainer_job_name(job_id)}]", None) as bar:
-                try:
-                    job = platform.train(spec, job_id=job_id, run=run_label,
-                                         on_status=lambda text: bar.update(info=text[:120]))
-                except TrainerJobFailed as exc:
-                    last_error = str(exc)
-                    log.warning("trainer job failed", extra={"job_id": job_id, "error": last_error})
-                    continue
-            if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
-                return job
-            last_error = job.error or trainer_pb2.JobState.Name(job.state)
-        raise RuntimeError(f"training failed {attempts} times on Kubernetes; last error: {last_error}")
-
-    def load_adapter(version: str, ckpt: dict) -> student_pb2.AdapterInfo:
-        ref = common_pb2.CheckpointRef(**ckpt)
-        ref.version = version
-        with leap.reporter.phase(f"hot-swap {version} on every student replica", None) as bar:
-            report = platform.hot_swap(ref, on_status=lambda text: bar.update(info=text), run=run_label)
-            bar.update(info=report.summary())
-        return student_pb2.AdapterInfo(version=version, checkpoint=ref, current=True,
-                                       load_seconds=max((r.load_seconds for r in report.replicas), default=0.0))
-
-    def ensure_latest_adapter() -> None:
-        checkpoints = leap.state.values.get("checkpoints", {})
-        loaded = [int(k) for k, c in checkpoints.items() if c and leap.state.is_done(f"iter{k}.load")]
-        if loaded:
-            latest = max(loaded)
-            load_adapter(loop_module.adapter_version(latest), checkpoints[str(latest)])
-        else:
-            # A new run: replicas that start now serve the base model, not a previous run's adapter.
-            platform.record_desired_adapter(loop_module.BASE_VERSION, run=run_label)
-
-    original_dispatch = leap._dispatch
-
-    def dispatch(name: str) -> dict:
-        if name.endswith((".rollout", ".eval")) and name.startswith("iter"):
-            ensure_latest_adapter()
-        return original_dispatch(name)
-
-    leap._run_training_job = run_training_job
-    leap._load_adapter = load_adapter
-    leap._restore_adapter = ensure_latest_adapter
-    leap._dispatch = dispatch
-    leap.platform = platform
-    use_health_checked_student_channel(leap)
-    if handle_sigterm and install_termination_handler(platform, run_label):
-        log.info("trainer jobs are cancelled on SIGTERM", extra={"run": run_label})
-    return platform

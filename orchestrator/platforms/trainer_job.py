@@ -71,8 +71,10 @@ def _wait_serving(address: str, timeout: float) -> None:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    from services.runtime.channels import PLAINTEXT, make_channel
+
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with make_channel(address, tls=PLAINTEXT) as channel:  # the trainer this pod started, on loopback
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
@@ -91,8 +93,12 @@ def run(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
     from leap.v1 import trainer_pb2, trainer_pb2_grpc
+    from services.runtime.channels import PLAINTEXT, make_channel
+    from services.trainer.client import FINISHED_STATES, WatchPolicy, wait_for_job
 
     termination = args.termination_log
+    # The trainer service runs in this pod: a broken watch is reopened for as long as the Job runs.
+    watch_policy = WatchPolicy(backoff_s=1.0, reconnect_for_s=None, call_timeout_s=60.0)
     try:
         request = json_format.Parse(args.request_json, trainer_pb2.StartJobRequest())
     except json_format.ParseError as exc:
@@ -125,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         port = _wait_port(port_file, proc, args.startup_timeout)
         address = f"127.0.0.1:{port}"
         _wait_serving(address, args.startup_timeout)
-        with grpc.insecure_channel(address) as channel:
+        with make_channel(address, tls=PLAINTEXT) as channel:  # loopback, inside this pod
             stub = trainer_pb2_grpc.TrainerServiceStub(channel)
             try:
                 job = stub.StartJob(request, timeout=120)
@@ -138,20 +144,10 @@ def run(args: argparse.Namespace) -> int:
                                    termination)
                 return EXIT_BAD_REQUEST if bad else EXIT_FAILED
             _say(f"job {job.job_id}: {trainer_pb2.JobState.Name(job.state)}")
-            terminal = {trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED,
-                        trainer_pb2.JOB_STATE_CANCELLED}
-            while job.state not in terminal:
-                try:
-                    for p in stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job.job_id)):
-                        _say(f"{trainer_pb2.JobState.Name(p.state)} step {p.step}/{p.total_steps} "
-                             f"loss {p.loss:.4f} {p.tokens_per_second:.0f} tok/s {p.message}")
-                        if p.state in terminal:
-                            break
-                except grpc.RpcError as exc:
-                    if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                        raise
-                    time.sleep(1.0)
-                job = stub.GetJob(trainer_pb2.GetJobRequest(job_id=job.job_id), timeout=60)
+            if job.state not in FINISHED_STATES:
+                job = wait_for_job(stub, job.job_id, policy=watch_policy, on_progress=lambda p: _say(
+                    f"{trainer_pb2.JobState.Name(p.state)} step {p.step}/{p.total_steps} "
+                    f"loss {p.loss:.4f} {p.tokens_per_second:.0f} tok/s {p.message}"))
         payload = _result_payload(job)
         code = EXIT_OK if job.state == trainer_pb2.JOB_STATE_SUCCEEDED else EXIT_FAILED
         if request.run_dir:

@@ -7,9 +7,6 @@ from leap.v1 import environment_pb2 as pb
 from services.environment.backends import (
     CANDIDATES,
     FREE_FORM,
-    PLANNER,
-    PRIOR_SEARCHER,
-    SEARCHER,
     TEMPLATED,
     Demonstration,
     EnvironmentSpec,
@@ -18,30 +15,15 @@ from services.environment.backends import (
     PrivilegedInfo,
     TaskSummary,
 )
+# Expert names <-> ExpertKind live in services.runtime.experts (the teacher and the orchestrator use
+# them too).
+from services.runtime.experts import DEMO_AGENTS, expert_kinds
 
 ACTION_SPACE = {
     CANDIDATES: common_pb2.ACTION_SPACE_CANDIDATES,
     FREE_FORM: common_pb2.ACTION_SPACE_FREE_FORM,
     TEMPLATED: common_pb2.ACTION_SPACE_TEMPLATED,
 }
-EXPERT_NAMES = {
-    pb.EXPERT_KIND_PLANNER: PLANNER,
-    pb.EXPERT_KIND_SEARCHER: SEARCHER,
-    pb.EXPERT_KIND_PRIOR_SEARCHER: PRIOR_SEARCHER,
-}
-EXPERT_KINDS = {name: kind for kind, name in EXPERT_NAMES.items()}
-# Trajectory.agent of a demonstration, per expert.
-DEMO_AGENTS = {PLANNER: "planner", SEARCHER: "searching_expert", PRIOR_SEARCHER: "prior_searching_expert"}
-
-
-def expert_name(kind: int) -> str:
-    """The expert name of an ExpertKind ("" for UNSPECIFIED or unknown numbers)."""
-    return EXPERT_NAMES.get(kind, "")
-
-
-def expert_kinds(names) -> list[int]:
-    """ExpertKind numbers of expert names, in the given order (unknown names are skipped)."""
-    return [EXPERT_KINDS[name] for name in names if name in EXPERT_KINDS]
 
 
 def environment_info(spec: EnvironmentSpec) -> pb.EnvironmentInfo:

@@ -35,6 +35,7 @@ from leap.v1 import environment_pb2_grpc as pb_grpc
 from services.environment import convert
 from services.environment.backends import Backend
 from services.environment.service import EnvironmentSessions, PrivilegedOracle
+from services.runtime import experts
 from services.runtime.config import ServerConfig
 from services.runtime.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from services.runtime.messages import parse_request
@@ -78,9 +79,9 @@ class EnvironmentServicer(pb_grpc.EnvironmentServiceServicer):
 
 
 def _expert(kind: int) -> str:
-    name = convert.expert_name(kind)
+    name = experts.expert_name(kind)
     if not name and kind != pb.EXPERT_KIND_UNSPECIFIED:
-        valid = ", ".join(pb.ExpertKind.Name(k) for k in convert.EXPERT_NAMES)
+        valid = ", ".join(pb.ExpertKind.Name(k) for k in experts.EXPERT_NAMES)
         raise InvalidArgument(f"unknown expert kind {kind}; valid kinds: {valid}")
     return name
 

@@ -65,13 +65,6 @@ def require(condition: bool, message: str) -> None:
         raise InvalidArgument(message)
 
 
-def one_of(name: str, value: str, valid: list[str] | tuple[str, ...] | set[str], kind: str = "name") -> None:
-    """Raise NotFound naming the valid choices when value is not one of them."""
-    if value not in valid:
-        choices = ", ".join(sorted(valid)) or "(none)"
-        raise NotFound(f"unknown {name} {quote(value)}; valid {kind}s: {choices}")
-
-
 #: Characters of a client's value shown in an error message; the rest is elided with a marker.
 QUOTE_LIMIT = 100
 

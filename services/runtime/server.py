@@ -239,9 +239,6 @@ class ServiceHost:
         self._health.set("", health_pb2.HealthCheckResponse.SERVING if all_up
                          else health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    def add_shutdown_hook(self, hook: Callable[[], None]) -> None:
-        self._on_shutdown.append(hook)
-
     def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let in-flight ones finish within `grace` seconds, run shutdown hooks."""
         if self._stopped.is_set():

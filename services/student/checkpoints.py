@@ -27,13 +27,12 @@ Checks, in order (the first failure wins):
 and holds finite values of a sane size, and that a probe forward pass stays finite.)
 
 Files are read once; the bytes that were hashed are the bytes that get loaded (no window in which a
-file could change between the check and the load).
+file could change between the check and the load). The manifest checks are services.runtime.manifest,
+shared with the trainer (which verifies a parent adapter the same way).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import stat
 import struct
@@ -42,19 +41,18 @@ from pathlib import Path
 from typing import Iterable
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, quote
+from services.runtime.files import sha256_bytes
+from services.runtime.manifest import MANIFEST_FILE, check_reference, load_json, parse_manifest, verify_files
 from services.runtime.paths import confine
 from services.student.types import CheckpointSpec
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
-MANIFEST_FILE = "manifest.json"
 
 # safetensors dtype name -> bytes per element
 _DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 _MAX_HEADER = 100 * 1024 * 1024
-#: JSON nesting accepted in adapter_config.json, manifest.json and the safetensors header.
-_MAX_JSON_DEPTH = 32
 
 
 @dataclass(frozen=True)
@@ -110,30 +108,6 @@ def resolve_directory(uri: str, root: str | os.PathLike | None = None) -> Path:
     return Path(uri).expanduser()
 
 
-def _load_json(data: bytes, where: str) -> object:
-    """Parsed JSON of a checkpoint file, or FailedPrecondition (never a RecursionError or a stack trace)."""
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise FailedPrecondition(f"{where} is nested too deeply to be a checkpoint file") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of over 4300 digits
-        raise FailedPrecondition(f"{where} is not valid JSON: {str(exc)[:200]}") from None
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > _MAX_JSON_DEPTH:
-            raise FailedPrecondition(f"{where} is nested deeper than {_MAX_JSON_DEPTH} levels: not a checkpoint file")
-        if isinstance(node, dict):
-            stack.extend((item, depth + 1) for item in node.values())
-        elif isinstance(node, list):
-            stack.extend((item, depth + 1) for item in node)
-    return value
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _read(path: Path, max_bytes: int, root: Path | None = None) -> bytes:
     """The bytes of a regular file of at most `max_bytes`; with a `root`, a symlink must stay under it."""
     try:
@@ -170,7 +144,7 @@ def safetensors_header(data: bytes, name: str = WEIGHTS_FILE) -> dict[str, tuple
     (header_len,) = struct.unpack("<Q", data[:8])
     if header_len <= 0 or header_len > _MAX_HEADER or 8 + header_len > len(data):
         raise FailedPrecondition(f"{name} has an invalid header length: not a safetensors file, or truncated")
-    header = _load_json(data[8:8 + header_len], f"{name} (its header)")
+    header = load_json(data[8:8 + header_len], f"{name} (its header)")
     if not isinstance(header, dict):
         raise FailedPrecondition(f"{name} has a corrupt header (not a JSON object)")
     payload = len(data) - 8 - header_len
@@ -209,42 +183,6 @@ def _exact_int(value) -> int:
     return value
 
 
-def _verify_manifest(directory: Path, manifest: dict, already_read: dict[str, bytes]) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise FailedPrecondition(f"{directory / MANIFEST_FILE} has no 'files' map of relative name -> sha256")
-    for required in (CONFIG_FILE, WEIGHTS_FILE):
-        if required not in files:
-            raise FailedPrecondition(
-                f"{directory / MANIFEST_FILE} does not list {required}; the adapter cannot be verified"
-            )
-    root = directory.resolve()
-    for rel, expected in files.items():
-        if not isinstance(rel, str) or not isinstance(expected, str) or "\x00" in rel or len(rel) > 1024:
-            raise FailedPrecondition(f"{directory / MANIFEST_FILE}: malformed entry {quote(rel)}")
-        try:
-            target = (directory / rel).resolve()
-        except (OSError, RuntimeError):
-            raise FailedPrecondition(f"{directory / MANIFEST_FILE} lists {quote(rel)}, which cannot be resolved") from None
-        if root != target and root not in target.parents:
-            raise FailedPrecondition(f"{directory / MANIFEST_FILE} lists {quote(rel)}, which lies outside the checkpoint")
-        if rel in already_read:
-            actual = sha256_bytes(already_read[rel])
-        else:
-            if not target.is_file():
-                raise FailedPrecondition(f"{target} is listed in the manifest but missing: incomplete checkpoint")
-            h = hashlib.sha256()
-            with open(target, "rb") as f:
-                while block := f.read(1 << 20):
-                    h.update(block)
-            actual = h.hexdigest()
-        if actual != expected.lower():
-            raise FailedPrecondition(
-                f"{target} does not match its manifest (sha256 {actual[:12]}..., manifest says {quote(expected[:12])}...): "
-                "the checkpoint is corrupt or was modified"
-            )
-
-
 def read_checkpoint(spec: CheckpointSpec, root: str | os.PathLike | None = None,
                     limits: CheckpointLimits = DEFAULT_LIMITS) -> CheckpointFiles:
     """Read and verify a checkpoint folder (see the module docstring for the checks)."""
@@ -269,25 +207,18 @@ def read_checkpoint(spec: CheckpointSpec, root: str | os.PathLike | None = None,
     if manifest_path.is_file():
         manifest_bytes = _read(manifest_path, limits.max_json_bytes, root)
         manifest_sha = sha256_bytes(manifest_bytes)
-        if spec.sha256 and spec.sha256.lower() != manifest_sha:
-            raise FailedPrecondition(
-                f"{manifest_path} has sha256 {manifest_sha[:12]}..., the checkpoint reference expects "
-                f"{quote(spec.sha256[:12])}...: refusing a checkpoint that is not the one that was asked for"
-            )
-        manifest = _load_json(manifest_bytes, str(manifest_path))
-        if not isinstance(manifest, dict):
-            raise FailedPrecondition(f"{manifest_path} is not a JSON object")
-    elif spec.sha256:
-        raise FailedPrecondition(
-            f"the checkpoint reference carries a sha256 but {directory} has no {MANIFEST_FILE} to verify it against"
-        )
+        check_reference(spec.sha256, manifest_sha, f"checkpoint {directory}")
+        manifest = parse_manifest(manifest_bytes, str(manifest_path))
+    else:
+        check_reference(spec.sha256, None, f"checkpoint {directory}")
 
     config_bytes = _read(config_path, limits.max_json_bytes, root)
     weights_bytes = _read(weights_path, limits.max_weights_bytes, root)
     if manifest is not None:
-        _verify_manifest(directory, manifest, {CONFIG_FILE: config_bytes, WEIGHTS_FILE: weights_bytes})
+        verify_files(directory, manifest, required=(CONFIG_FILE, WEIGHTS_FILE),
+                     already_read={CONFIG_FILE: config_bytes, WEIGHTS_FILE: weights_bytes})
 
-    config = _load_json(config_bytes, str(config_path))
+    config = load_json(config_bytes, str(config_path))
     if not isinstance(config, dict):
         raise FailedPrecondition(f"{config_path} is not a JSON object")
     peft_type = str(config.get("peft_type", "")).upper()

@@ -52,7 +52,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from services.runtime.config import ServerConfig
     from services.runtime.server import serve_forever
-    from services.teacher.backends.chat import LocalChatModel
     from services.teacher.config import TeacherConfig, build_service
     from services.teacher.server import NAME, registrations
 
@@ -61,11 +60,11 @@ def _serve(args: argparse.Namespace) -> int:
         print("warning: no privileged token (--privileged-token, --privileged-token-file, LEAP_PRIVILEGED_TOKEN "
               "or LEAP_PRIVILEGED_TOKEN_FILE): the environment will refuse every privileged call", file=sys.stderr)
     service = build_service(config)
-    chat = getattr(service.backend, "chat", None)
-    needs_loading = isinstance(chat, LocalChatModel) and not chat.loaded
+    # A backend with a slow start (a local model) loads after the server listens, NOT_SERVING until then.
+    needs_loading = bool(getattr(service.backend, "needs_loading", False))
 
     def load_model(host) -> None:
-        chat.load()
+        service.backend.load()
         host.set_serving(NAME, True)
 
     return serve_forever(ServerConfig.from_args(args), registrations(service, serving=not needs_loading),

@@ -28,19 +28,22 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-
 from typing import Iterable
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.experts import (
+    DEFAULT_REALIZABILITY_LEVEL,
+    PLANNER,
+    PRIOR_SEARCHER,
+    REALIZABILITY_LEVELS,
+    SEARCHER,
+)
 
-LEVELS: tuple[int, ...] = (0, 25, 50, 75, 100)
-DEFAULT_LEVEL = 50
+LEVELS: tuple[int, ...] = REALIZABILITY_LEVELS
+DEFAULT_LEVEL = DEFAULT_REALIZABILITY_LEVEL
 # Below this level a reason that reveals an unobserved privileged fact is refused.
 LEAK_FREE_BELOW = 75
 
-SEARCHER = "searcher"
-PRIOR_SEARCHER = "prior_searcher"
-PLANNER = "planner"
 # Anchors of the axis, in order of privilege.
 _ANCHORS: tuple[tuple[int, str], ...] = ((0, SEARCHER), (50, PRIOR_SEARCHER), (100, PLANNER))
 

@@ -28,19 +28,12 @@ from services.runtime.errors import (
     ServiceError,
     Unavailable,
 )
-from services.teacher.levels import PLANNER, PRIOR_SEARCHER, SEARCHER
-
-EXPERT_KINDS = {
-    SEARCHER: env_pb.EXPERT_KIND_SEARCHER,
-    PRIOR_SEARCHER: env_pb.EXPERT_KIND_PRIOR_SEARCHER,
-    PLANNER: env_pb.EXPERT_KIND_PLANNER,
-}
-EXPERT_NAMES = {kind: name for name, kind in EXPERT_KINDS.items()}
+from services.runtime.experts import EXPERT_KINDS, expert_names
 
 
 def offered_experts(state: env_pb.PrivilegedState) -> tuple[str, ...]:
     """The expert names the environment of a privileged state offers (empty: it did not say)."""
-    return tuple(EXPERT_NAMES[kind] for kind in state.experts if kind in EXPERT_NAMES)
+    return expert_names(state.experts)
 
 
 class PrivilegedSource(Protocol):

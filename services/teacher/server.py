@@ -7,14 +7,13 @@ from leap.v1 import teacher_pb2 as pb
 from leap.v1 import teacher_pb2_grpc as pb_grpc
 from services.runtime.config import ServerConfig
 from services.runtime.deadline import Deadline
+from services.runtime.experts import expert_name
 from services.runtime.server import Registration, ServiceHost
 from services.teacher.levels import DEFAULT_LEVEL
-from services.teacher.privileged import EXPERT_KINDS
 from services.teacher.service import TeacherService
 from services.teacher.types import AnnotationResult, CorrectionResult, Usage
 
 NAME = "leap.v1.TeacherService"
-EXPERT_NAMES = {kind: name for name, kind in EXPERT_KINDS.items()}
 
 
 def usage_to_proto(usage: Usage) -> pb.Usage:
@@ -54,7 +53,7 @@ class TeacherServicer(pb_grpc.TeacherServiceServicer):
                                                          deadline=Deadline.from_context(context)))
 
     def Demonstrate(self, request: pb.DemonstrateRequest, context) -> common_pb2.Trajectory:
-        return self.service.demonstrate(request.task, expert=EXPERT_NAMES.get(request.expert, ""),
+        return self.service.demonstrate(request.task, expert=expert_name(request.expert),
                                         horizon=request.horizon, annotate=request.annotate,
                                         deadline=Deadline.from_context(context))
 

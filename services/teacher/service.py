@@ -25,7 +25,8 @@ from services.teacher.actions import legality_error
 from services.teacher.backends.base import AnnotationJob, CorrectionJob, TeacherBackend
 from services.teacher.leak import SecretIndex, actions_up_to, find_leaks, observations_all, observations_up_to
 from services.teacher.levels import LEVELS, check_level, must_be_leak_free
-from services.teacher.privileged import EXPERT_KINDS, PrivilegedSource
+from services.runtime.experts import EXPERT_KINDS
+from services.teacher.privileged import PrivilegedSource
 from services.teacher.types import AnnotationResult, CorrectionResult
 
 log = logging.getLogger("leap.teacher")

@@ -43,7 +43,3 @@ def load_trajectories(path: str | Path) -> list[common_pb2.Trajectory]:
             raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
         trajectories.append(parse_trajectory(obj, f"{path}:{number}"))
     return trajectories
-
-
-def trajectory_to_json(trajectory: common_pb2.Trajectory) -> dict:
-    return json_format.MessageToDict(trajectory, preserving_proto_field_name=False)

@@ -11,7 +11,8 @@ A checkpoint is written into a temp directory beside its final path, fsynced and
 (services.runtime.files.atomic_directory): a killed trainer leaves at most a hidden ``.v<k>.*.partial``
 directory, never a half-written ``v<k>``. The version is the next free one at write time; a version is
 never overwritten. A checkpoint's identity (CheckpointRef.sha256) is the sha256 of its manifest bytes,
-and the manifest lists the sha256 of every other file.
+and the manifest lists the sha256 of every other file. Reading and verifying a manifest is
+services.runtime.manifest, which the student's LoadAdapter uses too.
 """
 
 from __future__ import annotations
@@ -27,14 +28,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from services.runtime.errors import FailedPrecondition, NotFound, quote
+from services.runtime import manifest as manifest_files
+from services.runtime.errors import FailedPrecondition, NotFound
 from services.runtime.files import atomic_directory, sha256_bytes, sha256_file
 from services.trainer.jobs import CheckpointRef
 
 log = logging.getLogger("leap.trainer.checkpoints")
 
-MANIFEST = "manifest.json"
+MANIFEST = manifest_files.MANIFEST_FILE
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _VERSION = re.compile(r"^v(\d+)$")
 _PARTIAL = re.compile(r"^\.v\d+\..*\.partial$")
 _write_lock = threading.Lock()
@@ -103,24 +106,14 @@ def write_checkpoint(run_dir: str, name: str, *, save: Callable[[Path], None], m
 
 def read_manifest(path: str | os.PathLike) -> tuple[dict, str] | None:
     """(manifest, sha256 of its bytes) of a checkpoint directory, or None when it has no manifest."""
-    file = Path(path) / MANIFEST
-    if not file.is_file():
-        return None
-    data = file.read_bytes()
-    try:
-        manifest = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # not JSON, bad UTF-8, nested too deeply
-        raise FailedPrecondition(f"{file} is not a valid manifest ({type(exc).__name__})") from None
-    if not isinstance(manifest, dict):
-        raise FailedPrecondition(f"{file} is not a valid manifest (not a JSON object)")
-    return manifest, sha256_bytes(data)
+    return manifest_files.read_manifest(path)
 
 
 def check_parent(ref: CheckpointRef) -> dict | None:
     """Check that a parent adapter exists and matches its reference; return its manifest (or None).
 
-    Missing directory or adapter -> NOT_FOUND; a sha256 that does not match the manifest, or a
-    manifest whose files changed -> FAILED_PRECONDITION.
+    Missing directory or adapter -> NOT_FOUND; a sha256 that does not match the manifest (or that
+    cannot be checked, without one) -> FAILED_PRECONDITION (services.runtime.manifest).
     """
     path = Path(ref.uri)
     if not path.is_dir():
@@ -128,40 +121,12 @@ def check_parent(ref: CheckpointRef) -> dict | None:
     if not (path / ADAPTER_CONFIG).is_file():
         raise NotFound(f"parent checkpoint {ref.uri} holds no LoRA adapter ({ADAPTER_CONFIG} is missing)")
     found = read_manifest(path)
-    if found is None:
-        if ref.sha256:
-            raise FailedPrecondition(
-                f"parent checkpoint {ref.uri} has no {MANIFEST}, so its sha256 {quote(ref.sha256, 64)} cannot be verified"
-            )
-        return None
-    manifest, digest = found
-    if ref.sha256 and ref.sha256 != digest:
-        raise FailedPrecondition(
-            f"parent checkpoint {ref.uri} does not match its reference: manifest sha256 is {digest}, "
-            f"expected {quote(ref.sha256, 64)}"
-        )
+    manifest, digest = found if found is not None else (None, None)
+    manifest_files.check_reference(ref.sha256, digest, f"parent checkpoint {ref.uri}")
     return manifest
 
 
 def verify_files(path: str | os.PathLike, manifest: dict) -> None:
-    """Raise FailedPrecondition when a file listed in the manifest is missing or changed."""
-    root = Path(path)
-    files = manifest.get("files") or {}
-    if not isinstance(files, dict):
-        raise FailedPrecondition(f"checkpoint {root}: its manifest's 'files' is not a map of name -> sha256")
-    resolved_root = root.resolve()
-    for name, digest in files.items():
-        if not isinstance(name, str) or not isinstance(digest, str) or "\x00" in name:
-            raise FailedPrecondition(f"checkpoint {root}: its manifest has a malformed 'files' entry")
-        file = root / name
-        try:
-            inside = resolved_root in file.resolve().parents
-        except (OSError, RuntimeError):
-            inside = False
-        if not inside:
-            raise FailedPrecondition(f"checkpoint {root}: its manifest lists {quote(name)}, outside the checkpoint")
-        if not file.is_file():
-            raise FailedPrecondition(f"checkpoint {root} is incomplete: {quote(name)} is missing")
-        if sha256_file(file) != digest:
-            raise FailedPrecondition(f"checkpoint {root} was modified after it was written: {quote(name)} changed")
-
+    """FailedPrecondition when the manifest does not list the adapter, or a file it lists is missing,
+    outside the checkpoint or changed (services.runtime.manifest.verify_files)."""
+    manifest_files.verify_files(path, manifest, required=(ADAPTER_CONFIG, ADAPTER_WEIGHTS))

@@ -1,4 +1,4 @@
-"""A small typed client of leap.v1.TrainerService (torch-free).
+"""A small typed client of leap.v1.TrainerService (torch-free), and the one job watch every caller uses.
 
     client = TrainerClient("127.0.0.1:50081")
     job = client.start_job("sft", ["runs/r1/datasets/iter1.jsonl"], output_name="student",
@@ -8,28 +8,88 @@
     job = client.wait(job.job_id)          # -> Job (SUCCEEDED / FAILED / CANCELLED)
     job.checkpoint.uri, job.checkpoint.version
 
-`watch` and `wait` survive a dropped connection or a restarted server: they reconnect and continue
-from the job's current state (progress is a snapshot, so nothing is lost by reconnecting).
+`watch_job` and `wait_for_job` follow a job over any TrainerService stub and survive a dropped
+connection or a restarted server: they reconnect and continue from the job's current state
+(progress is a snapshot, so nothing is lost by reconnecting). The orchestrator's local platform,
+the Kubernetes trainer-Job runner and this client all follow jobs with them.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator, Mapping
 
 import grpc
 
 from leap.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.runtime.channels import make_channel
+from services.trainer import methods as training_methods
 
-_METHODS = {
-    "sft": trainer_pb2.TRAINING_METHOD_SFT,
-    "dpo": trainer_pb2.TRAINING_METHOD_DPO,
-    "kto": trainer_pb2.TRAINING_METHOD_KTO,
-}
 FINISHED_STATES = (trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED, trainer_pb2.JOB_STATE_CANCELLED)
-# A stream broken by a network blip or a restarting server (not by a bad request) is reopened.
-_RECONNECTABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+# A stream broken by a network blip, a restarting server or a stream deadline (not by a bad request)
+# is reopened.
+_RECONNECTABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+@dataclass(frozen=True)
+class WatchPolicy:
+    """How a job watch reconnects."""
+
+    # Pause before reopening a broken stream.
+    backoff_s: float = 0.5
+    # Give up (re-raising the last error) after this many seconds in a row without a working stream;
+    # None: never (the job goes on at the trainer, which may be restarting).
+    reconnect_for_s: float | None = 120.0
+    # Deadline of the GetJob call that reads the finished job.
+    call_timeout_s: float = 60.0
+
+
+def watch_job(stub: trainer_pb2_grpc.TrainerServiceStub, job_id: str, *, policy: WatchPolicy = WatchPolicy(),
+              timeout: float | None = None) -> Iterator[trainer_pb2.JobProgress]:
+    """Progress of a job until it ends (the last item has a finished state).
+
+    A broken stream is reopened (policy); `timeout` bounds the whole watch (TimeoutError).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    broken_since = None
+    while True:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f}s")
+        call = stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id), timeout=remaining)
+        try:
+            for progress in call:
+                broken_since = None
+                yield progress
+                if progress.state in FINISHED_STATES:
+                    return
+            # The stream ended without a final state (the server is shutting down): reopen it.
+            broken_since = broken_since or time.monotonic()
+            if policy.reconnect_for_s is not None and time.monotonic() - broken_since > policy.reconnect_for_s:
+                raise ConnectionError(f"the watch of job {job_id} keeps ending before the job does")
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
+                raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f}s") from exc
+            if code not in _RECONNECTABLE:
+                raise
+            broken_since = broken_since or time.monotonic()
+            if policy.reconnect_for_s is not None and time.monotonic() - broken_since > policy.reconnect_for_s:
+                raise
+        finally:
+            call.cancel()  # stops the stream when the caller stops iterating early
+        time.sleep(policy.backoff_s)
+
+
+def wait_for_job(stub: trainer_pb2_grpc.TrainerServiceStub, job_id: str, *, policy: WatchPolicy = WatchPolicy(),
+                 timeout: float | None = None,
+                 on_progress: Callable[[trainer_pb2.JobProgress], None] | None = None) -> trainer_pb2.Job:
+    """Follow the job until it ends (watch_job) and return it, with its checkpoint or error."""
+    for progress in watch_job(stub, job_id, policy=policy, timeout=timeout):
+        if on_progress is not None:
+            on_progress(progress)
+    return stub.GetJob(trainer_pb2.GetJobRequest(job_id=job_id), timeout=policy.call_timeout_s)
 
 
 class TrainerClient:
@@ -59,15 +119,15 @@ class TrainerClient:
                   job_id: str = "") -> trainer_pb2.Job:
         """Queue a job. `method` is sft, dpo or kto; datasets are paths or ArtifactRefs; unset
         hyper-parameters take LEAP's defaults. A repeated call with the same job_id returns that job."""
-        if method.lower() not in _METHODS:
-            raise ValueError(f"method must be one of {', '.join(_METHODS)} (got {method!r})")
+        if not training_methods.is_known(method.lower()):
+            raise ValueError(f"method must be one of {', '.join(training_methods.names())} (got {method!r})")
         refs = [d if isinstance(d, common_pb2.ArtifactRef) else common_pb2.ArtifactRef(uri=str(d)) for d in datasets]
         if isinstance(hyper_parameters, trainer_pb2.HyperParameters):
             hp = hyper_parameters
         else:
             hp = trainer_pb2.HyperParameters(**dict(hyper_parameters or {}))
         request = trainer_pb2.StartJobRequest(
-            job_id=job_id, method=_METHODS[method.lower()], datasets=refs, base_model=base_model,
+            job_id=job_id, method=training_methods.to_proto(method.lower()), datasets=refs, base_model=base_model,
             output_name=output_name, run_dir=str(run_dir), hyper_parameters=hp,
         )
         if parent is not None:
@@ -85,44 +145,11 @@ class TrainerClient:
 
     def watch(self, job_id: str, *, timeout: float | None = None,
               reconnect_for: float = 120.0) -> Iterator[trainer_pb2.JobProgress]:
-        """Progress of a job until it ends (the last item has a finished state).
-
-        A broken stream is reopened for up to `reconnect_for` seconds in a row; `timeout` bounds the
-        whole watch (TimeoutError).
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        broken_since = None
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f}s")
-            call = self.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id), timeout=remaining)
-            try:
-                for progress in call:
-                    broken_since = None
-                    yield progress
-                    if progress.state in FINISHED_STATES:
-                        return
-                # The stream ended without a final state (the server is shutting down): reopen it.
-            except grpc.RpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED and deadline is not None:
-                    raise TimeoutError(f"job {job_id} did not finish within {timeout:.0f}s") from exc
-                if code not in _RECONNECTABLE:
-                    raise
-                broken_since = broken_since or time.monotonic()
-                if time.monotonic() - broken_since > reconnect_for:
-                    raise
-            else:
-                broken_since = broken_since or time.monotonic()
-                if time.monotonic() - broken_since > reconnect_for:
-                    raise ConnectionError(f"the watch of job {job_id} keeps ending before the job does")
-            finally:
-                call.cancel()  # stops the stream when the caller stops iterating early
-            time.sleep(0.5)
+        """Progress of a job until it ends (watch_job): a broken stream is reopened for up to
+        `reconnect_for` seconds in a row; `timeout` bounds the whole watch (TimeoutError)."""
+        policy = WatchPolicy(reconnect_for_s=reconnect_for, call_timeout_s=self.timeout)
+        return watch_job(self.stub, job_id, policy=policy, timeout=timeout)
 
     def wait(self, job_id: str, *, timeout: float | None = None) -> trainer_pb2.Job:
         """Block until the job ends (TimeoutError after `timeout` seconds) and return it."""
-        for _ in self.watch(job_id, timeout=timeout):
-            pass
-        return self.get(job_id)
+        return wait_for_job(self.stub, job_id, policy=WatchPolicy(call_timeout_s=self.timeout), timeout=timeout)

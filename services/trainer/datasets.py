@@ -7,6 +7,8 @@ checks every row before a job is accepted, so a bad row fails fast with its file
 Schemas (one row per example; unknown extra keys are allowed and ignored)
 -----------------------------------------------------------------------
 
+Each method's module in services/trainer/methods/ owns its schema; the ones of today:
+
 ``messages`` is the prompt as a chat: a non-empty list of ``{"role": "system"|"user"|"assistant",
 "content": str}`` whose last message is the user's. The trainer renders it exactly as the student
 service does at inference, ``tokenizer.apply_chat_template(messages, add_generation_prompt=True,
@@ -48,10 +50,11 @@ import json
 import os
 import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 from services.runtime.errors import InvalidArgument, quote
+from services.trainer import methods
+from services.trainer.methods import RowReader
 
 ROLES = ("system", "user", "assistant")
 FORMATS = ("jsonl", "parquet")
@@ -204,7 +207,7 @@ def _check(rows: Iterator, path: str, method: str, fmt: str, limits: DatasetLimi
     if errors:
         more = f" (and {bad_rows - len(errors)} more)" if bad_rows > len(errors) else ""
         raise DatasetError(
-            f"dataset {path} does not match the {method.upper()} schema: {bad_rows} of {total} rows are invalid: "
+            f"dataset {path} does not match the {methods.get(method).title} schema: {bad_rows} of {total} rows are invalid: "
             + "; ".join(errors) + more
         )
     if not count:
@@ -302,11 +305,15 @@ def _depth_and_text(value: Any, max_depth: int) -> str | None:
 
 
 def validate_row(row: Any, method: str, where: str, *, max_depth: int = DEFAULT_LIMITS.max_depth) -> list[Example]:
-    """The examples of one row (two for a DPO pair in a KTO job), or DatasetError("where: why")."""
+    """The examples of one row (two for a DPO pair in a KTO job), or DatasetError("where: why").
+
+    The shared fields (messages, meta, depth, text) are checked here; the method's own fields by
+    its `examples` (services.trainer.methods)."""
 
     def fail(reason: str):
         raise DatasetError(f"{where}: {reason}")
 
+    spec = methods.get(method)
     if not isinstance(row, dict):
         fail(f"expected a JSON object, got {type(row).__name__}")
     problem = _depth_and_text(row, max_depth)
@@ -319,35 +326,7 @@ def validate_row(row: Any, method: str, where: str, *, max_depth: int = DEFAULT_
     elif not isinstance(meta, dict):
         fail(f"'meta' must be an object when present, got {type(meta).__name__}")
 
-    def text(key: str) -> str:
-        value = row.get(key)
-        if not isinstance(value, str) or not value.strip():
-            fail(f"'{key}' must be a non-empty string" + ("" if key in row else " (missing)"))
-        return value
-
-    def pair() -> tuple[str, str]:
-        chosen, rejected = text("chosen"), text("rejected")
-        if chosen == rejected:
-            fail("'chosen' and 'rejected' are identical: the pair carries no preference")
-        return chosen, rejected
-
-    if method == "sft":
-        return [Example(messages, where, completion=text("completion"), meta=meta)]
-    if method == "dpo":
-        chosen, rejected = pair()
-        return [Example(messages, where, chosen=chosen, rejected=rejected, meta=meta)]
-    if method == "kto":
-        if "chosen" in row or "rejected" in row:
-            chosen, rejected = pair()
-            return [Example(messages, where, completion=chosen, label=True, meta=meta),
-                    Example(messages, where, completion=rejected, label=False, meta=meta)]
-        completion = text("completion")
-        label = row.get("label")
-        if not isinstance(label, bool):
-            fail("'label' must be true (desirable) or false (undesirable)"
-                 + ("" if "label" in row else " (missing)"))
-        return [Example(messages, where, completion=completion, label=label, meta=meta)]
-    raise InvalidArgument(f"unknown training method {method!r}; valid: sft, dpo, kto")
+    return spec.examples(RowReader(row, where, messages, meta, fail))
 
 
 def _messages(value: Any, fail) -> list[dict[str, str]]:

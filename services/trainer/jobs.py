@@ -2,8 +2,9 @@
 what came of it (JobRecord). Nothing here imports torch or grpc; server.py translates to protobuf.
 
 Hyper-parameters follow the proto's convention: a zero (or empty) field means LEAP's default, which
-`HyperParameters.resolve(method)` fills in (LoRA r 128, alpha 64, dropout 0.05 on q/k/v/o; lr 3e-5
-cosine for SFT, 5e-7 with beta 0.01 for DPO/KTO; 1 epoch; batch 4; max length 1024; warmup 0.03).
+`HyperParameters.resolve(method)` fills in (LoRA r 128, alpha 64, dropout 0.05 on q/k/v/o; cosine
+schedule; beta 0.01; 1 epoch; batch 4; max length 1024; warmup 0.03; the learning rate is the
+method's own default: 3e-5 for SFT, 5e-7 for DPO/KTO, see services.trainer.methods).
 Every value then has to lie in its range (`INT_RANGES`, `FLOAT_RANGES`): a job that asks for
 rank 2^31-1 or 1e30 epochs is refused at StartJob, naming the field and its range, instead of
 failing (or running for ever) on the worker.
@@ -12,13 +13,13 @@ failing (or running for ever) on the worker.
 from __future__ import annotations
 
 import enum
-import math
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from services.runtime.errors import InvalidArgument, quote
+from services.runtime.numbers import is_finite_number
+from services.trainer import methods
 
-METHODS = ("sft", "dpo", "kto")
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                  "polynomial", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -103,7 +104,6 @@ class HyperParameters:
         "lr_scheduler": "cosine",
         "warmup_ratio": 0.03,
     }
-    DEFAULT_LEARNING_RATE = {"sft": 3e-5, "dpo": 5e-7, "kto": 5e-7}
 
     def resolve(self, method: str) -> "HyperParameters":
         """A copy with every unset field replaced by LEAP's default for `method`, then validated."""
@@ -117,7 +117,7 @@ class HyperParameters:
                 value = list(self.DEFAULTS[f.name]) if f.name == "target_modules" else self.DEFAULTS[f.name]
             values[f.name] = value
         if not values["learning_rate"]:
-            values["learning_rate"] = self.DEFAULT_LEARNING_RATE[method]
+            values["learning_rate"] = methods.get(method).default_learning_rate
         resolved = HyperParameters(**values)
         resolved.validate(method)
         return resolved
@@ -130,7 +130,7 @@ class HyperParameters:
                 problems.append(f"{name} must be in [{low}, {high}] (got {quote(value, 24)[1:-1]})")
         for name, (low, high, low_in, high_in) in FLOAT_RANGES.items():
             value = getattr(self, name)
-            ok = isinstance(value, (int, float)) and math.isfinite(value) and \
+            ok = is_finite_number(value) and \
                 (low <= value if low_in else low < value) and (value <= high if high_in else value < high)
             if not ok:
                 problems.append(f"{name} must be a number in {_float_range_text(low, high, low_in, high_in)} "
@@ -144,9 +144,7 @@ class HyperParameters:
             if bad_modules:
                 problems.append(f"target_modules must be module names such as q_proj (got {quote(bad_modules[0], 40)}"
                                 + (f" and {len(bad_modules) - 1} more)" if len(bad_modules) > 1 else ")"))
-        if method == "kto" and 0 < self.batch_size < 2:
-            problems.append("KTO needs batch_size >= 2: its KL estimate pairs each prompt with another "
-                            "example's completion in the same batch")
+        problems.extend(methods.get(method).hyper_parameter_problems(self))
         if problems:
             raise InvalidArgument("invalid hyper_parameters: " + "; ".join(problems))
 
@@ -300,7 +298,7 @@ class JobRecord:
 class JobRequest:
     """A StartJob request as the caller sent it (before validation and defaults)."""
 
-    method: str = ""  # "sft" | "dpo" | "kto"; "" when unspecified
+    method: str = ""  # a name of services.trainer.methods; "" when unspecified
     datasets: list[DatasetRef] = field(default_factory=list)
     base_model: str = ""
     parent: CheckpointRef | None = None

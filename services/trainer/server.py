@@ -6,6 +6,7 @@ from pathlib import Path
 
 from leap.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.runtime.server import Registration
+from services.trainer import methods
 from services.trainer.datasets import DEFAULT_LIMITS, DatasetLimits
 from services.trainer.jobs import CheckpointRef, DatasetRef, HyperParameters, JobRecord, JobRequest, JobState
 from services.trainer.service import Executor, JobRunner, TrainerService, default_executor
@@ -13,12 +14,6 @@ from services.trainer.store import JobStore
 
 NAME = "leap.v1.TrainerService"
 
-_METHOD_FROM_PROTO = {
-    trainer_pb2.TRAINING_METHOD_SFT: "sft",
-    trainer_pb2.TRAINING_METHOD_DPO: "dpo",
-    trainer_pb2.TRAINING_METHOD_KTO: "kto",
-}
-_METHOD_TO_PROTO = {v: k for k, v in _METHOD_FROM_PROTO.items()}
 _STATE_TO_PROTO = {
     JobState.QUEUED: trainer_pb2.JOB_STATE_QUEUED,
     JobState.RUNNING: trainer_pb2.JOB_STATE_RUNNING,
@@ -33,6 +28,11 @@ def _f32(value: float) -> float:
     return float(f"{value:.7g}")
 
 
+def _method_name(value: int) -> str:
+    """The method name of a TrainingMethod number; "" for UNSPECIFIED, so validation names the valid ones."""
+    return methods.from_proto(value).name if value else ""
+
+
 def request_from_proto(msg: trainer_pb2.StartJobRequest) -> JobRequest:
     hp = msg.hyper_parameters
     parent = None
@@ -41,7 +41,7 @@ def request_from_proto(msg: trainer_pb2.StartJobRequest) -> JobRequest:
         parent = CheckpointRef(name=p.name, version=p.version, uri=p.uri, sha256=p.sha256, base_model=p.base_model)
     return JobRequest(
         job_id=msg.job_id,
-        method=_METHOD_FROM_PROTO.get(msg.method, ""),
+        method=_method_name(msg.method),
         datasets=[DatasetRef(uri=d.uri, sha256=d.sha256, format=d.format) for d in msg.datasets],
         base_model=msg.base_model,
         parent=parent,
@@ -76,7 +76,7 @@ def job_to_proto(record: JobRecord) -> trainer_pb2.Job:
     hp = spec.hyper_parameters
     request = trainer_pb2.StartJobRequest(
         job_id=record.job_id,
-        method=_METHOD_TO_PROTO[spec.method],
+        method=methods.to_proto(spec.method),
         datasets=[common_pb2.ArtifactRef(uri=d.uri, sha256=d.sha256, format=d.format, size_bytes=d.size_bytes)
                   for d in spec.datasets],
         base_model=spec.base_model,

@@ -34,8 +34,8 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFoun
 from services.runtime.paths import check_text_field, confine
 from services.trainer import checkpoints
 from services.trainer.datasets import DEFAULT_LIMITS, DatasetLimits, read_dataset
+from services.trainer import methods
 from services.trainer.jobs import (
-    METHODS,
     CheckpointRef,
     DatasetRef,
     JobRecord,
@@ -153,11 +153,6 @@ class JobRunner:
         with self._cv:
             self._queue.append(job_id)
             self._cv.notify_all()
-
-    def queue_position(self, job_id: str) -> int:
-        """1-based position among waiting jobs; 0 when not waiting."""
-        with self._cv:
-            return self._queue.index(job_id) + 1 if job_id in self._queue else 0
 
     def cancel(self, job_id: str) -> JobRecord:
         with self._cv:
@@ -317,10 +312,7 @@ class TrainerService:
 
     def resolve(self, request: JobRequest) -> JobSpec:
         """Validate a request and fill in defaults; every path in the result is absolute."""
-        method = (request.method or "").lower()
-        if method not in METHODS:
-            raise InvalidArgument(f"method must be one of {', '.join(m.upper() for m in METHODS)} "
-                                  f"(got {request.method or 'UNSPECIFIED'})")
+        method = methods.get(request.method).name
         hyper = request.hyper_parameters.resolve(method)
         output_name = request.output_name.strip() or DEFAULT_OUTPUT_NAME
         check_name("output_name", output_name)

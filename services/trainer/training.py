@@ -12,6 +12,9 @@ An example longer than max_length (prompt + longest target) is left out rather t
 truncated prompt is a context the student never sees at inference, and a truncated target teaches it
 to stop mid-action. The number left out is reported in the job's metrics; a job where nothing fits fails.
 
+What differs between methods (the row built from an example, the TRL config and trainer class) is
+the method's entry in services.trainer.methods; this module holds what they share.
+
 Training runs through TRL on a peft LoRA adapter:
 - SFT: ``trl.SFTTrainer`` on pre-tokenised ``input_ids``/``labels`` (TRL skips its own tokenisation).
 - DPO: ``trl.DPOTrainer`` and KTO: ``trl.KTOTrainer`` on pre-tokenised ``prompt_ids`` / ``chosen_ids``
@@ -29,9 +32,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import math
 import os
-import random
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -48,10 +49,13 @@ from peft import LoraConfig, PeftModel  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 from transformers.trainer_callback import PrinterCallback  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
-from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer, SFTConfig, SFTTrainer  # noqa: E402
+from trl import DPOTrainer, KTOTrainer, SFTTrainer  # noqa: E402
 
 from services.models import load_model_and_tokenizer, pick_device, pick_dtype  # noqa: E402
+from services.runtime.numbers import is_finite_number  # noqa: E402
+from services.trainer import methods  # noqa: E402
 from services.trainer.datasets import Example  # noqa: E402
+from services.trainer.methods import IGNORE_INDEX  # noqa: E402
 from services.trainer.jobs import HyperParameters  # noqa: E402
 
 log = logging.getLogger("leap.trainer.training")
@@ -62,7 +66,6 @@ datasets.disable_progress_bars()
 hf_logging.disable_progress_bar()
 warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.* is deprecated", category=FutureWarning)
 
-IGNORE_INDEX = -100
 LOG_EVERY_SECONDS = 30.0  # the server log gets a progress line at most this often (the stream gets every step)
 Report = Callable[..., None]
 
@@ -146,23 +149,13 @@ class _Encoder:
 
 def encode_examples(tokenizer, method: str, examples: list[Example], hp: HyperParameters) -> EncodedDataset:
     """Tokenise examples for `method`; examples longer than hp.max_length are left out and counted."""
+    spec = methods.get(method)
     encoder = _Encoder(tokenizer)
     rows: list[dict] = []
     dropped = longest = prompt_tokens = target_tokens = 0
     for example in examples:
         prompt = encoder.prompt(example.messages)
-        if method == "dpo":
-            chosen, rejected = encoder.target(example.chosen), encoder.target(example.rejected)
-            targets = (chosen, rejected)
-            row = {"prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected}
-        elif method == "kto":
-            completion = encoder.target(example.completion)
-            targets = (completion,)
-            row = {"prompt_ids": prompt, "completion_ids": completion, "label": bool(example.label)}
-        else:
-            completion = encoder.target(example.completion)
-            targets = (completion,)
-            row = {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion}
+        row, targets = spec.encode(prompt, encoder.target, example)
         length = len(prompt) + max(len(t) for t in targets)
         longest = max(longest, length)
         if length > hp.max_length:
@@ -176,25 +169,8 @@ def encode_examples(tokenizer, method: str, examples: list[Example], hp: HyperPa
             f"none of the {len(examples)} examples fits max_length={hp.max_length} tokens "
             f"(the longest has {longest}); raise max_length or shorten the prompts"
         )
-    if method == "kto":
-        rows = _with_kl_completions(rows, hp.batch_size, hp.seed)
+    rows = spec.prepare_rows(rows, hp)
     return EncodedDataset(rows, len(examples), dropped, longest, prompt_tokens, target_tokens)
-
-
-def _with_kl_completions(rows: list[dict], batch_size: int, seed: int) -> list[dict]:
-    """Shuffle KTO rows (TRL reads them in order) and add the mismatched completions of its KL estimate.
-
-    As TRL does for text data: within each batch, example i gets the completion of example i-1, so
-    the KL term is estimated from (prompt, other completion) pairs of the same batch.
-    """
-    rows = list(rows)
-    random.Random(seed).shuffle(rows)
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
-        completions = [r["completion_ids"] for r in chunk]
-        for row, kl in zip(chunk, completions[-1:] + completions[:-1], strict=True):
-            row["KL_completion_ids"] = kl
-    return rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,15 +262,11 @@ def training_arguments(method: str, hp: HyperParameters, output_dir: str, device
         dataloader_num_workers=0,
         max_length=hp.max_length,
     )
-    if method == "sft":
-        return SFTConfig(**common, packing=False)
-    if method == "dpo":
-        return DPOConfig(**common, beta=hp.beta)
-    return KTOConfig(**common, beta=hp.beta)
+    return methods.get(method).trainer_config(common, hp)
 
 
 def build_trainer(method: str, model, tokenizer, rows: list[dict], args, peft_config, callbacks=()):
-    cls = {"sft": _TargetOnlySFTTrainer, "dpo": _TokenizedDPOTrainer, "kto": _TokenizedKTOTrainer}[method]
+    cls = methods.get(method).trainer_class()
     trainer = cls(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
                   peft_config=peft_config, callbacks=list(callbacks))
     trainer.remove_callback(PrinterCallback)  # with tqdm off, transformers prints every log dict to stdout
@@ -436,5 +408,5 @@ def train(*, method: str, base_model: str, hp: HyperParameters, examples: list[E
         "prompt_tokens": float(encoded.prompt_tokens),
         "target_tokens": float(encoded.target_tokens),
     })
-    metrics = {k: v for k, v in metrics.items() if isinstance(v, float) and math.isfinite(v)}
+    metrics = {k: v for k, v in metrics.items() if isinstance(v, float) and is_finite_number(v)}
     return TrainedAdapter(trained, tokenizer, metrics, stopped=progress.stopped, lora=lora)

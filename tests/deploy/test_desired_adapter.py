@@ -252,7 +252,7 @@ def test_a_replica_never_falls_back_to_the_base_model(runs, tmp_path, replicas, 
         weights = Path(ckpt["uri"]) / "adapter_model.safetensors"
         weights.write_bytes(weights.read_bytes()[:-4] + b"evil")
         write_record(mount, encode_record(V1, ckpt))
-        expected = "does not match its manifest"
+        expected = "was modified after it was written"
     elif problem == "path outside the runs volume":
         write_record(mount, encode_record(V1, {"uri": "../../../../etc"}))
         expected = "outside the adapters root"
@@ -356,7 +356,7 @@ def test_a_restarted_replica_mid_rollout_loses_no_episode(runs, tmp_path, replic
 
     stubs = ServiceStubs({"environment": f"127.0.0.1:{env_port}", "teacher": "127.0.0.1:9",
                           "student": f"ipv4:127.0.0.1:{a.port},127.0.0.1:{b.port}"})
-    use_health_checked_student_channel(SimpleNamespace(stubs=stubs))  # what attach_to_run gives the run
+    use_health_checked_student_channel(SimpleNamespace(stubs=stubs))  # what `leap run --platform kubernetes` gives the run
     settings = EpisodeSettings(env="household", horizon=10, temperature=0.0, max_new_tokens=32, history_window=4,
                                seed=1, adapter_version=V1)
     tasks = list_task_refs(stubs, "household", "train", 0, 18)

@@ -28,7 +28,6 @@ from orchestrator.platforms.kubernetes import (
     KubernetesPlatform,
     PlatformSettings,
     TrainerJobFailed,
-    attach_to_run,
     dns_label,
     trainer_job_name,
 )
@@ -365,16 +364,16 @@ def test_no_replica_at_all_is_an_error(kube):
         make_platform(kube).hot_swap(checkpoint())
 
 
-# ---------------------------------------------------------------------------------- the run's hook
-def test_attach_to_run_trains_with_jobs_retrying_a_failed_one_and_swaps_on_every_replica(kube, replicas, tmp_path):
+# ---------------------------------------------------------------------------------- as a run's platform
+def test_a_run_on_kubernetes_trains_with_jobs_retrying_a_failed_one_and_swaps_on_every_replica(kube, replicas,
+                                                                                                  tmp_path):
     from orchestrator.config import load_config
     from orchestrator.loop import LeapRun
     from orchestrator.progress import ProgressReporter
 
     config = load_config(preset="smoke")
-    leap = LeapRun(config, tmp_path / "run", stubs=None, reporter=ProgressReporter(enabled=False))
     platform = make_platform(kube)
-    attach_to_run(leap, platform, handle_sigterm=False)
+    leap = LeapRun(config, tmp_path / "run", stubs=None, reporter=ProgressReporter(enabled=False), platform=platform)
     run_id = leap.state.values["run_id"]
     base_id = f"{run_id}-iter1"
 
@@ -394,22 +393,22 @@ def test_attach_to_run_trains_with_jobs_retrying_a_failed_one_and_swaps_on_every
 
     ports = [replicas()[0], replicas()[0]]
     kube.set_student_endpoints([("127.0.0.1", p, True) for p in ports])
-    info = leap._load_adapter("student-iter-1", {"name": "student", "version": "v2",
-                                                 "uri": f"{RUN_DIR}/checkpoints/student/v2", "sha256": "",
-                                                 "base_model": "smollm2"})
-    assert info.version == "student-iter-1" and info.current
+    leap.state.values["checkpoints"] = {"1": {"name": "student", "version": "v2", "uri": f"{RUN_DIR}/checkpoints/student/v2",
+                                              "sha256": "", "base_model": "smollm2"}}
+    assert leap._load(1)["version"] == "student-iter-1"
     assert [current_version(p) for p in ports] == ["student-iter-1"] * 2
 
 
-def test_attach_to_run_gives_up_after_the_runs_attempts_with_the_last_error(kube, tmp_path):
+def test_a_run_on_kubernetes_gives_up_after_its_attempts_with_the_last_error(kube, tmp_path):
     from orchestrator.config import load_config
-    from orchestrator.loop import MAX_TRAIN_ATTEMPTS, LeapRun
+    from orchestrator.loop import LeapRun
     from orchestrator.progress import ProgressReporter
 
-    leap = LeapRun(load_config(preset="smoke"), tmp_path / "run", stubs=None, reporter=ProgressReporter(enabled=False))
-    attach_to_run(leap, make_platform(kube), handle_sigterm=False)
+    config = load_config(preset="smoke", overrides={"retry": {"train_attempts": 2}})
+    leap = LeapRun(config, tmp_path / "run", stubs=None, reporter=ProgressReporter(enabled=False),
+                   platform=make_platform(kube))
     kube.on_job_created = lambda job: later(0.1, kube.finish_job, job["metadata"]["name"], succeeded=False,
                                             exit_code=1, message='{"state":"JOB_STATE_FAILED","error":"no GPU"}')
-    with pytest.raises(RuntimeError, match=f"failed {MAX_TRAIN_ATTEMPTS} times on Kubernetes.*no GPU"):
+    with pytest.raises(RuntimeError, match="failed 2 times on Kubernetes.*no GPU"):
         leap._run_training_job("r-iter0", request(), "iter0: train")
-    assert len(kube.calls("POST", r"/jobs$")) == MAX_TRAIN_ATTEMPTS
+    assert len(kube.calls("POST", r"/jobs$")) == 2

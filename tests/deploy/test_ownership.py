@@ -28,7 +28,6 @@ from orchestrator.platforms.kubernetes import (
     KubernetesPlatform,
     PlatformSettings,
     TrainerJobFailed,
-    attach_to_run,
     dns_label,
     trainer_job_name,
 )
@@ -142,6 +141,14 @@ def test_cancel_deletes_only_the_runs_unfinished_trainer_jobs(kube):
     assert platform.cancel_trainer_jobs("k8s-household-r1") == []
 
 
+def test_cancelling_a_training_deletes_its_job_and_a_gone_one_is_no_error(kube):
+    platform = make_platform(kube)
+    name = platform.submit_trainer_job(request(), job_id="r1-iter1-a1", run="k8s-household-r1")
+    platform.cancel_job("r1-iter1-a1")
+    assert kube.get("jobs", NS, name) is None
+    platform.cancel_job("r1-iter1-a1")
+
+
 SIGTERM_SCRIPT = textwrap.dedent("""
     import sys
     from kubernetes import client
@@ -194,11 +201,9 @@ def test_a_new_run_records_the_base_model_as_the_desired_adapter(kube, tmp_path)
     kube.objects[("configmaps", NS, DESIRED_CONFIGMAP)]["data"] = {
         "desired.json": '{"checkpoint":{"uri":"/runs/old/checkpoints/student/v2","version":"student-iter-2"},'
                         '"version":"student-iter-2"}'}
-    leap = LeapRun(load_config(preset="smoke"), tmp_path / "run", stubs=None, reporter=ProgressReporter(enabled=False))
-    before = signal.getsignal(signal.SIGTERM)
-    attach_to_run(leap, make_platform(kube), handle_sigterm=False)
-    assert signal.getsignal(signal.SIGTERM) is before, "handle_sigterm=False installs nothing"
-    leap._restore_adapter()  # what run() does first
+    leap = LeapRun(load_config(preset="smoke"), tmp_path / "run", stubs=None, reporter=ProgressReporter(enabled=False),
+                   platform=make_platform(kube))
+    leap.confirm_latest_adapter()  # what run() does before the baseline evaluation
     record = parse_record(kube.get("configmaps", NS, DESIRED_CONFIGMAP)["data"]["desired.json"].encode())
     assert record.is_base, "replicas that start now must not load the previous run's adapter"
 

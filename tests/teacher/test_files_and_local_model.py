@@ -48,13 +48,15 @@ def test_config_from_flags_environment_and_files(monkeypatch, tmp_path):
         ("oracle", "127.0.0.1:50052", 100, "")
     config = _parse(["serve", "--max-steps", "20"], monkeypatch, LEAP_ENV_ADDR="env:50052",
                     LEAP_PRIVILEGED_TOKEN="s3cret", OPENAI_API_KEY="sk-test", LEAP_BACKEND="llm")
-    assert (config.backend, config.env_addr, config.max_steps, config.privileged_token, config.llm_api_key) == \
+    assert (config.backend, config.env_addr, config.max_steps, config.privileged_token,
+            config.backend_options.api_key) == \
         ("llm", "env:50052", 20, "s3cret", "sk-test")
     token = tmp_path / "token"
     token.write_text("from-file\n")
-    config = _parse(["correct", "--trajectory", "t.json", "--env-addr", "h:1", "--privileged-token-file", str(token)],
+    config = _parse(["correct", "--trajectory", "t.json", "--env-addr", "h:1", "--privileged-token-file", str(token),
+                     "--backend", "llm"],
                     monkeypatch, HF_TOKEN="hf-test")
-    assert (config.env_addr, config.privileged_token, config.llm_api_key) == ("h:1", "from-file", "hf-test")
+    assert (config.env_addr, config.privileged_token, config.backend_options.api_key) == ("h:1", "from-file", "hf-test")
 
 
 @pytest.mark.model

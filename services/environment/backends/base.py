@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from services.runtime.errors import FailedPrecondition
+from services.runtime.experts import PLANNER, PRIOR_SEARCHER, SEARCHER  # noqa: F401 - the backends' names
 
 # Action spaces (common.proto ActionSpace, by name).
 CANDIDATES = "candidates"
@@ -58,10 +59,8 @@ FREE_FORM = "free_form"
 TEMPLATED = "templated"
 ACTION_SPACES = (CANDIDATES, FREE_FORM, TEMPLATED)
 
-# Expert kinds (environment.proto ExpertKind, by name).
-PLANNER = "planner"
-SEARCHER = "searcher"
-PRIOR_SEARCHER = "prior_searcher"
+# Expert kinds (environment.proto ExpertKind, by name): PLANNER, SEARCHER, PRIOR_SEARCHER, imported
+# above from services.runtime.experts, where every service's expert names live.
 
 
 @dataclass(frozen=True)

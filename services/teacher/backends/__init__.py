@@ -1,32 +1,81 @@
-"""Teacher backends, chosen by name: `oracle` (the environment's experts) and `llm` (a chat model)."""
+"""Teacher backends, registered by name: `oracle` (the environment's experts) and `llm` (a chat model).
+
+Each backend module defines a `SPEC` (base.BackendSpec: its name, its own flags, how to build it,
+and the flags `leap run` passes to it); the registry maps a name to "module:attribute" and imports
+the module on first use, as the environment backends' registry does.
+
+    spec("llm").add_arguments(parser)
+    backend = create("oracle", options=None, config=teacher_config)
+
+Adding a backend: write `services/teacher/backends/<name>.py` with a `SPEC` and add one line to
+`_REGISTRY` (CONTRIBUTING.md, "Add a teacher backend").
+"""
 
 from __future__ import annotations
 
-from services.teacher.backends.base import AnnotationJob, CorrectionJob, TeacherBackend
+import importlib
+import threading
+from typing import Any, Union
 
-BACKENDS = ("oracle", "llm")
+from services.teacher.backends.base import AnnotationJob, BackendSpec, CorrectionJob, TeacherBackend
 
-
-def make_backend(name: str, *, llm_endpoint: str = "", llm_model: str = "", llm_api_key: str = "",
-                 llm_device: str | None = None, settings=None, pricing=None) -> TeacherBackend:
-    """Build a backend. `llm` uses `llm_endpoint` (TGI / OpenAI-compatible) when given, else the local
-    transformers model `llm_model` (a folder, a hub id, or the `smollm2` alias)."""
-    if name == "oracle":
-        from services.teacher.backends.oracle import OracleTeacher
-
-        return OracleTeacher()
-    if name == "llm":
-        from services.teacher.backends.chat import EndpointChatModel, LocalChatModel
-        from services.teacher.backends.llm import LlmSettings, LlmTeacher
-
-        settings = settings or LlmSettings()
-        if llm_endpoint:
-            chat = EndpointChatModel(llm_endpoint, model=llm_model, api_key=llm_api_key,
-                                     timeout_s=settings.request_timeout_s)
-        else:
-            chat = LocalChatModel(llm_model or "smollm2", device=llm_device)
-        return LlmTeacher(chat, settings=settings, pricing=pricing)
-    raise ValueError(f"unknown teacher backend {name!r}; valid: {', '.join(BACKENDS)}")
+_lock = threading.Lock()
+# name -> the spec, or "module:attribute" naming it (imported on first use).
+_REGISTRY: dict[str, Union[str, BackendSpec]] = {
+    "oracle": "services.teacher.backends.oracle:SPEC",
+    "llm": "services.teacher.backends.llm:SPEC",
+}
+DEFAULT_BACKEND = "oracle"
 
 
-__all__ = ["AnnotationJob", "BACKENDS", "CorrectionJob", "TeacherBackend", "make_backend"]
+class UnknownBackend(ValueError):
+    """A backend name that is not registered; the message names the registered ones."""
+
+
+def register(spec: Union[str, BackendSpec], name: str = "") -> None:
+    """Add (or replace) a backend: a BackendSpec, or "module:attribute" naming one (then `name` is required)."""
+    name = name or getattr(spec, "name", "")
+    if not name or not name.replace("_", "").isalnum():
+        raise ValueError(f"teacher backend names are letters, digits and underscores; got {name!r}")
+    with _lock:
+        _REGISTRY[name] = spec
+
+
+def unregister(name: str) -> None:
+    with _lock:
+        _REGISTRY.pop(name, None)
+
+
+def available() -> list[str]:
+    """Registered backend names, sorted."""
+    with _lock:
+        return sorted(_REGISTRY)
+
+
+def spec(name: str) -> BackendSpec:
+    """The spec of a registered backend, or UnknownBackend naming the valid ones."""
+    with _lock:
+        found = _REGISTRY.get(name)
+    if found is None:
+        raise UnknownBackend(f"unknown teacher backend {name!r}; valid: {', '.join(available())}")
+    if isinstance(found, str):
+        module_name, _, attribute = found.partition(":")
+        found = getattr(importlib.import_module(module_name), attribute)
+        if not isinstance(found, BackendSpec) or found.name != name:
+            raise TypeError(f"{module_name}:{attribute} is not the BackendSpec of {name!r}")
+        with _lock:
+            _REGISTRY[name] = found
+    return found
+
+
+def specs() -> list[BackendSpec]:
+    return [spec(name) for name in available()]
+
+
+def create(name: str, options: Any = None, config: Any = None) -> TeacherBackend:
+    """A new backend of a registered name, from its options (`spec(name).from_args(args)`)."""
+    return spec(name).create(options, config)
+
+
+__all__ = ["AnnotationJob", "BackendSpec", "CorrectionJob", "DEFAULT_BACKEND", "TeacherBackend", "UnknownBackend",
+           "available", "create", "register", "spec", "specs", "unregister"]

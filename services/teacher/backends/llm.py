@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from services.teacher import profiles, templates
-from services.teacher.backends.base import AnnotationJob, CorrectionJob
+from services.teacher.backends.base import AnnotationJob, BackendSpec, CorrectionJob
 from services.teacher.backends.chat import ChatModel, ChatRejected
 from services.teacher.leak import SecretIndex
 from services.teacher.levels import must_be_leak_free
@@ -91,6 +91,15 @@ class LlmTeacher:
     @property
     def model(self) -> str:
         return self.chat.model_id
+
+    @property
+    def needs_loading(self) -> bool:
+        """True for a local model not loaded yet: the server loads it after it starts listening
+        (NOT_SERVING until then), so a slow load never looks like a crashed process."""
+        return not getattr(self.chat, "loaded", True)
+
+    def load(self) -> None:
+        self.chat.load()
 
     # --- prompts -------------------------------------------------------------------------------
     def _step_views(self, trajectory, with_candidates: bool) -> list[dict]:
@@ -204,4 +213,81 @@ class LlmTeacher:
         self.chat.close()
 
 
-__all__ = ["LlmSettings", "LlmTeacher", "Pricing", "VISIBLE_PRIVILEGED"]
+@dataclass(frozen=True)
+class LlmOptions:
+    """The llm backend's flags, parsed (`leap teacher serve --backend llm ...`)."""
+
+    endpoint: str = ""
+    model: str = ""
+    api_key: str = ""
+    device: str = ""
+    settings: LlmSettings = LlmSettings()
+    pricing: Pricing = Pricing()
+
+
+def add_arguments(parser) -> None:
+    from services.runtime.config import env_default
+    from services.runtime.numbers import finite_float
+
+    defaults = LlmSettings()
+    llm = parser.add_argument_group("llm backend")
+    llm.add_argument("--llm-endpoint", default=env_default("llm-endpoint", ""),
+                     help="TGI or OpenAI-compatible base URL (http://host:port); empty: a local model "
+                          "[LEAP_LLM_ENDPOINT]")
+    llm.add_argument("--llm-model", default=env_default("llm-model", ""),
+                     help="model id sent to the endpoint (servers pinned to one model need it; else asked via "
+                          "/v1/models), or the local model: a folder, a hub id, 'smollm2' [LEAP_LLM_MODEL]")
+    llm.add_argument("--llm-api-key-file", default=env_default("llm-api-key-file", ""),
+                     help="file holding the endpoint's API key; else $LEAP_LLM_API_KEY, $OPENAI_API_KEY or "
+                          "$HF_TOKEN [LEAP_LLM_API_KEY_FILE]")
+    llm.add_argument("--llm-device", default=env_default("llm-device", ""),
+                     help="device of a local model: cpu, cuda, auto [LEAP_LLM_DEVICE]")
+    llm.add_argument("--max-new-tokens", type=int, default=env_default("max-new-tokens", defaults.max_new_tokens),
+                     help="largest answer per LLM call [LEAP_MAX_NEW_TOKENS]")
+    llm.add_argument("--max-retries", type=int, default=env_default("max-retries", defaults.default_max_retries),
+                     help="retries after an invalid answer, when the request does not say [LEAP_MAX_RETRIES]")
+    llm.add_argument("--temperature", type=finite_float,
+                     default=env_default("temperature", defaults.default_temperature),
+                     help="sampling temperature when the request does not say (0: greedy) [LEAP_TEMPERATURE]")
+    llm.add_argument("--price-prompt-per-1k", type=finite_float, default=env_default("price-prompt-per-1k", 0.0),
+                     help="US dollars per 1000 prompt tokens, for cost accounting [LEAP_PRICE_PROMPT_PER_1K]")
+    llm.add_argument("--price-completion-per-1k", type=finite_float,
+                     default=env_default("price-completion-per-1k", 0.0),
+                     help="US dollars per 1000 completion tokens [LEAP_PRICE_COMPLETION_PER_1K]")
+
+
+def from_args(args) -> LlmOptions:
+    from services.teacher.config import read_api_key
+
+    return LlmOptions(
+        endpoint=args.llm_endpoint, model=args.llm_model, api_key=read_api_key(args.llm_api_key_file),
+        device=args.llm_device,
+        settings=LlmSettings(max_new_tokens=args.max_new_tokens, default_temperature=args.temperature,
+                             default_max_retries=args.max_retries),
+        pricing=Pricing(args.price_prompt_per_1k, args.price_completion_per_1k),
+    )
+
+
+def create(options: LlmOptions | None, config=None) -> LlmTeacher:
+    """`options.endpoint` (TGI / OpenAI-compatible) when given, else the local transformers model
+    `options.model` (a folder, a hub id, or the `smollm2` alias)."""
+    from services.teacher.backends.chat import EndpointChatModel, LocalChatModel
+
+    options = options or LlmOptions()
+    if options.endpoint:
+        chat = EndpointChatModel(options.endpoint, model=options.model, api_key=options.api_key,
+                                 timeout_s=options.settings.request_timeout_s)
+    else:
+        chat = LocalChatModel(options.model or "smollm2", device=options.device or None)
+    return LlmTeacher(chat, settings=options.settings, pricing=options.pricing)
+
+
+def launch_args(teacher) -> list[str]:
+    """The flags `leap run` passes from its config's teacher section."""
+    return ["--llm-endpoint", teacher.llm_endpoint, "--llm-model", teacher.llm_model]
+
+
+SPEC = BackendSpec(name="llm", help="a chat model (an endpoint, or a local transformers model)",
+                   create=create, add_arguments=add_arguments, from_args=from_args, launch_args=launch_args)
+
+__all__ = ["SPEC", "LlmOptions", "LlmSettings", "LlmTeacher", "Pricing", "VISIBLE_PRIVILEGED"]

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 
 from services.runtime.deadline import NO_DEADLINE
+from services.runtime.experts import PLANNER, PRIOR_SEARCHER, SEARCHER
 from services.teacher import templates
 from services.teacher.actions import INVALID, MISTAKE_KINDS, REPEATED, WASTED_SEARCH, WRONG_OBJECT, match_candidate, same_action
-from services.teacher.backends.base import AnnotationJob, CorrectionJob
-from services.teacher.levels import PLANNER, PRIOR_SEARCHER, SEARCHER, expert_for_step, must_be_leak_free
+from services.teacher.backends.base import AnnotationJob, BackendSpec, CorrectionJob
+from services.teacher.levels import expert_for_step, must_be_leak_free
 from services.teacher.privileged import PrivilegedSource, offered_experts
 from services.teacher.profiles import profile_for, template_for
 from services.teacher.types import AnnotationResult, CorrectedStep, CorrectionResult
@@ -150,3 +151,7 @@ class OracleTeacher:
 
     def close(self) -> None:
         pass
+
+
+SPEC = BackendSpec(name="oracle", help="the environment's experts (exact, free)",
+                   create=lambda options, config: OracleTeacher())

@@ -1,0 +1,382 @@
+"""LeapRun in process, against in-process fakes of the four services' stubs.
+
+The fakes answer the stub calls LeapRun makes (same messages, grpc.RpcError with real status codes
+for refusals), in milliseconds, so every resume point can be tried: a run interrupted in any phase
+and resumed redoes that phase only and ends with the datasets, checkpoints and results of a run that
+was never interrupted. The real services and a real kill -9 are tests/test_e2e_leap.py's.
+
+The toy world: a task is won by the action "win". The base student never plays it; an adapter
+trained at iteration i wins the tasks whose number is even (the odd ones fail, are corrected by
+the teacher, and feed the next iteration).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+
+from leap.v1 import common_pb2, environment_pb2, student_pb2, teacher_pb2, trainer_pb2
+from orchestrator.config import load_config
+from orchestrator.loop import LeapRun, phase_names
+from orchestrator.progress import ProgressReporter
+from services.runtime.files import sha256_file
+
+ENV = "household"
+TRAIN_TASKS = 40
+EVAL_TASKS = 4
+
+
+class RpcFailure(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def task_number(task_id: str) -> int:
+    return int(task_id.rsplit("-", 1)[1])
+
+
+class FakeEnvironment:
+    def __init__(self):
+        self.sessions: dict[str, dict] = {}
+        self.lock = threading.Lock()
+
+    def ListEnvironments(self, request, timeout=None):
+        return environment_pb2.ListEnvironmentsResponse(environments=[environment_pb2.EnvironmentInfo(
+            name=ENV, version="toy 1", experts=[environment_pb2.EXPERT_KIND_SEARCHER,
+                                                environment_pb2.EXPERT_KIND_PLANNER])])
+
+    def ListTasks(self, request, timeout=None):
+        size = TRAIN_TASKS if request.split == "train" else EVAL_TASKS
+        return environment_pb2.ListTasksResponse(total=size, tasks=[
+            environment_pb2.TaskInfo(task=task_ref(request.split, k), goal=f"win task {k}", task_type="toy")
+            for k in range(size)])
+
+    def Reset(self, request, timeout=None):
+        split = request.task_id.rsplit("-", 1)[0]
+        with self.lock:
+            session = f"s{len(self.sessions)}"
+            self.sessions[session] = {"steps": 0, "horizon": request.horizon}
+        return environment_pb2.ResetResponse(
+            session_id=session,
+            task=environment_pb2.TaskInfo(task=task_ref(split, task_number(request.task_id)),
+                                          goal=f"win task {task_number(request.task_id)}", task_type="toy"),
+            observation=environment_pb2.Observation(text="You are in a room.", candidates=["win", "look"]))
+
+    def Step(self, request, timeout=None):
+        with self.lock:
+            session = self.sessions[request.session_id]
+            session["steps"] += 1
+            won = request.action == "win"
+            done = won or session["steps"] >= session["horizon"]
+        return environment_pb2.StepResponse(observation=environment_pb2.Observation(
+            text="You won." if won else "Nothing happens.", candidates=["win", "look"], reward=float(won),
+            score=float(won), done=done, won=won, truncated=done and not won, last_action_valid=True))
+
+    def Close(self, request, timeout=None):
+        return environment_pb2.CloseResponse()
+
+
+def task_ref(split: str, k: int) -> common_pb2.TaskRef:
+    return common_pb2.TaskRef(env=ENV, split=split, task_id=f"{split}-{k}")
+
+
+class FakeStudent:
+    def __init__(self):
+        self.adapters: dict[str, student_pb2.AdapterInfo] = {"base": student_pb2.AdapterInfo(version="base")}
+        self.loads: list[str] = []
+        self.lock = threading.Lock()
+
+    def GetModelInfo(self, request, timeout=None):
+        return student_pb2.ModelInfo(base_model="toy", backend="fake", device="cpu", supports_action_constraint=True)
+
+    def Act(self, request, timeout=None):
+        item = request.items[0]
+        if item.adapter_version not in self.adapters:
+            raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"adapter {item.adapter_version} is not loaded")
+        wins = item.adapter_version != "base" and task_number(item.request_id.split("/")[0]) % 2 == 0
+        action = "win" if wins else "look"
+        return student_pb2.ActResponse(results=[student_pb2.ActResult(
+            request_id=item.request_id, reason="I think so.", action=action, raw_output=action, action_valid=True,
+            adapter_version=item.adapter_version)])
+
+    def LoadAdapter(self, request, timeout=None):
+        version = request.checkpoint.version
+        with self.lock:
+            if version in self.adapters:
+                raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS, f"version {version} is loaded already")
+            self.loads.append(version)
+            self.adapters[version] = student_pb2.AdapterInfo(version=version, checkpoint=request.checkpoint,
+                                                             current=True, load_seconds=0.01)
+            return self.adapters[version]
+
+    def ListAdapters(self, request, timeout=None):
+        with self.lock:
+            return student_pb2.ListAdaptersResponse(adapters=list(self.adapters.values()))
+
+
+class FakeTeacher:
+    def Demonstrate(self, request, timeout=None):
+        return common_pb2.Trajectory(
+            task=request.task, goal=f"win task {task_number(request.task.task_id)}", task_type="toy", agent="expert",
+            done=True, won=True, score=1.0,
+            steps=[common_pb2.Step(index=0, observation="You are in a room.", candidates=["win", "look"],
+                                   reason="Winning ends the task.", action="win", reward=1.0, action_valid=True)])
+
+    def Correct(self, request, timeout=None):
+        return teacher_pb2.Correction(ok=True, steps=[
+            teacher_pb2.CorrectedStep(index=s.index, reason="Winning ends the task.", action="win",
+                                      is_corrected=s.action != "win", original_action=s.action,
+                                      original_reason=s.reason) for s in request.trajectory.steps])
+
+
+class Stream:
+    """A server stream as a gRPC stub returns it: iterated for its messages, cancelled by the caller."""
+
+    def __init__(self, messages):
+        self.messages = messages
+
+    def __iter__(self):
+        return self.messages
+
+    def cancel(self) -> None:
+        self.messages.close()
+
+
+class FakeTrainer:
+    """Jobs are idempotent by id (the same spec again returns the job; another spec is ALREADY_EXISTS)
+    and train while watched: two progress updates, then a checkpoint <run_dir>/checkpoints/student/v<n>."""
+
+    def __init__(self):
+        self.jobs: dict[str, trainer_pb2.Job] = {}
+        self.versions = 0
+        self.fail_ids: set[str] = set()       # these jobs end FAILED
+        self.broken_watches = 0               # the next N WatchJob calls break with UNAVAILABLE
+        self.interrupt_watch = False          # the next WatchJob is interrupted by Ctrl-C
+        self.lock = threading.Lock()
+
+    def StartJob(self, request, timeout=None):
+        with self.lock:
+            job = self.jobs.get(request.job_id)
+            if job is not None:
+                if job.spec != request:
+                    raise RpcFailure(grpc.StatusCode.ALREADY_EXISTS, f"job {request.job_id} exists with another spec")
+                return job
+            job = trainer_pb2.Job(job_id=request.job_id, spec=request, state=trainer_pb2.JOB_STATE_RUNNING)
+            self.jobs[request.job_id] = job
+            return job
+
+    def GetJob(self, request, timeout=None):
+        with self.lock:
+            if request.job_id not in self.jobs:
+                raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"unknown job {request.job_id}")
+            return self.jobs[request.job_id]
+
+    def CancelJob(self, request, timeout=None):
+        with self.lock:
+            self.jobs[request.job_id].state = trainer_pb2.JOB_STATE_CANCELLED
+            return self.jobs[request.job_id]
+
+    def WatchJob(self, request, timeout=None):
+        return Stream(self._train(request.job_id))
+
+    def _train(self, job_id: str):
+        if self.broken_watches:
+            self.broken_watches -= 1
+            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "the trainer is restarting")
+        job = self.jobs[job_id]
+        if self.interrupt_watch:
+            self.interrupt_watch = False
+            raise KeyboardInterrupt
+        if job.state == trainer_pb2.JOB_STATE_RUNNING:
+            for step in (1, 2):
+                yield trainer_pb2.JobProgress(job_id=job_id, state=job.state, step=step, total_steps=2, loss=1 / step)
+            with self.lock:
+                if job_id in self.fail_ids:
+                    job.state, job.error = trainer_pb2.JOB_STATE_FAILED, "loss is NaN"
+                else:
+                    self.versions += 1
+                    version = f"v{self.versions}"
+                    job.state = trainer_pb2.JOB_STATE_SUCCEEDED
+                    job.checkpoint.CopyFrom(common_pb2.CheckpointRef(
+                        name="student", version=version, base_model="toy",
+                        uri=f"{job.spec.run_dir}/checkpoints/student/{version}"))
+        yield trainer_pb2.JobProgress(job_id=job_id, state=job.state, step=2, total_steps=2)
+
+
+class FakeStubs:
+    def __init__(self, trainer: FakeTrainer, student: FakeStudent | None = None):
+        self.env = FakeEnvironment()
+        self.student = student or FakeStudent()
+        self.teacher = FakeTeacher()
+        self.trainer = trainer
+        self.addresses = {"environment": "fake", "student": "fake", "teacher": "fake", "trainer": "fake"}
+
+
+class Interrupted(Exception):
+    """The run stopped in a phase: its outputs may be written, but it is not marked done."""
+
+
+def config(**overrides):
+    values = {"concurrency": 2, "environment": {"eval_tasks": EVAL_TASKS, "demo_tasks": 4, "rollout_tasks": 4,
+                                                 "rollout_offset": 10},
+              "retry": {"watch_backoff_s": 0.01}}
+    for key, value in overrides.items():
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_config(preset="smoke", overrides=values)
+
+
+def make_run(run_dir: Path, stubs: FakeStubs, cfg=None, *, interrupt_in: str = "") -> LeapRun:
+    cfg = cfg or config()
+    LeapRun.prepare_run_dir(run_dir, cfg, resume=run_dir.exists())
+    leap = LeapRun(cfg, run_dir, stubs, ProgressReporter(enabled=False))
+    if interrupt_in:
+        finish = leap.state.finish
+
+        def finish_or_stop(name, outputs=None):
+            if name == interrupt_in:
+                raise Interrupted(name)
+            finish(name, outputs)
+
+        leap.state.finish = finish_or_stop
+    return leap
+
+
+def fingerprint(run_dir: Path) -> dict:
+    """What must not depend on interruptions: datasets, checkpoints and every metric."""
+    import json
+
+    leap_state = json.loads((run_dir / "state.json").read_text())
+    metrics = {}
+    for path in sorted((run_dir / "metrics").glob("*.json")):
+        data = json.loads(path.read_text())
+        metrics[path.name] = {split: {k: v for k, v in m.items() if k != "trajectories"}
+                              for split, m in data["splits"].items()}
+    return {
+        "datasets": {p.name: sha256_file(p) for p in sorted((run_dir / "datasets").glob("*.jsonl"))},
+        "checkpoints": {k: c and c["version"] for k, c in leap_state["values"]["checkpoints"].items()},
+        "metrics": metrics,
+        "report": (run_dir / "results.md").read_text(),
+    }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    trainer = FakeTrainer()
+    results = make_run(run_dir, FakeStubs(trainer)).run()
+    return run_dir, results, trainer
+
+
+def test_an_uninterrupted_run_does_every_phase_once(reference):
+    run_dir, results, trainer = reference
+    labels = [r["label"] for r in results["rows"]]
+    assert labels == ["untrained student", "BC (iter 0)", "LEAP iter 1", "searching expert", "privileged planner"]
+    success = [r["splits"]["valid_unseen"]["overall"]["success"] for r in results["rows"]]
+    assert success[0] == 0 and success[1] > 0, "the trained adapter wins what the base model cannot"
+    assert sorted(trainer.jobs) == sorted(f"{make_run_id(run_dir)}-iter{i}-a1" for i in (0, 1))
+    assert fingerprint(run_dir)["checkpoints"] == {"0": "v1", "1": "v2"}
+
+
+def make_run_id(run_dir: Path) -> str:
+    import json
+
+    return json.loads((run_dir / "state.json").read_text())["values"]["run_id"]
+
+
+@pytest.mark.parametrize("phase", phase_names(1))
+def test_a_run_interrupted_in_any_phase_resumes_there_and_ends_as_an_uninterrupted_one(reference, tmp_path, phase):
+    reference_dir, _results, reference_trainer = reference
+    run_dir = tmp_path / "run"
+    trainer = FakeTrainer()  # keeps its jobs across the restart, as the trainer's state directory does
+    with pytest.raises(Interrupted):
+        make_run(run_dir, FakeStubs(trainer), interrupt_in=phase).run()
+    # The orchestrator restarts, and with it the student (no adapter loaded any more).
+    student = FakeStudent()
+    make_run(run_dir, FakeStubs(trainer, student)).run()
+
+    assert fingerprint(run_dir) == fingerprint(reference_dir)
+    import json
+
+    attempts = {p["name"]: p["attempts"] for p in json.loads((run_dir / "state.json").read_text())["phases"]}
+    assert attempts == {name: 2 if name == phase else 1 for name in phase_names(1)}
+    assert len(trainer.jobs) == len(reference_trainer.jobs), "an interrupted training is adopted, not redone"
+    assert all(job.state == trainer_pb2.JOB_STATE_SUCCEEDED for job in trainer.jobs.values())
+    if phase in ("iter0.eval", "iter1.rollout"):  # resumed where the student plays with iteration 0's adapter
+        assert student.loads[0] == "student-iter-0", "the restarted student gets the latest adapter back"
+
+
+def test_no_training_data_skips_the_training_and_keeps_the_previous_adapter(tmp_path):
+    import json
+
+    # Every even task is won: with rollouts on even tasks only there is nothing to correct, and DPO
+    # data is not mixed with the BC demonstrations.
+    cfg = config(trainer={"method": "dpo"}, environment={"rollout_tasks": 1, "rollout_offset": 10})
+    trainer = FakeTrainer()
+    results = make_run(tmp_path / "run", FakeStubs(trainer), cfg).run()
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    train = next(p for p in state["phases"] if p["name"] == "iter1.train")
+    assert train["outputs"]["skipped"] == "no training rows"
+    assert state["values"]["checkpoints"]["1"] == state["values"]["checkpoints"]["0"]
+    assert len(trainer.jobs) == 1
+    assert [r["label"] for r in results["rows"]][:3] == ["untrained student", "BC (iter 0)", "LEAP iter 1"]
+
+
+def test_a_job_the_trainer_holds_with_another_spec_is_adopted_not_failed(tmp_path):
+    run_dir = tmp_path / "run"
+    trainer = FakeTrainer()
+    leap = make_run(run_dir, FakeStubs(trainer))
+    job_id = f"{leap.state.values['run_id']}-iter0-a1"
+    # Submitted before the orchestrator restarted, by a release that wrote the request differently.
+    trainer.StartJob(trainer_pb2.StartJobRequest(job_id=job_id, output_name="student", run_dir=str(run_dir.resolve()),
+                                                 method=trainer_pb2.TRAINING_METHOD_SFT))
+    leap.run()
+    assert trainer.jobs[job_id].state == trainer_pb2.JOB_STATE_SUCCEEDED
+    assert f"{leap.state.values['run_id']}-iter0-a2" not in trainer.jobs, "no second attempt"
+    assert leap.state.values["checkpoints"]["0"]["version"] == "v1"
+
+
+def test_a_failed_training_is_retried_under_a_new_job_id_then_the_run_fails_naming_the_error(tmp_path):
+    trainer = FakeTrainer()
+    leap = make_run(tmp_path / "run", FakeStubs(trainer), config(retry={"train_attempts": 2}))
+    run_id = leap.state.values["run_id"]
+    trainer.fail_ids = {f"{run_id}-iter0-a1"}
+    trainer.broken_watches = 1  # and the first watch breaks: it is reopened
+    leap.run()
+    assert trainer.jobs[f"{run_id}-iter0-a1"].state == trainer_pb2.JOB_STATE_FAILED
+    assert leap.state.values["checkpoints"]["0"]["version"] == "v1"
+
+    trainer = FakeTrainer()
+    leap = make_run(tmp_path / "again", FakeStubs(trainer), config(retry={"train_attempts": 2}))
+    trainer.fail_ids = {f"{leap.state.values['run_id']}-iter0-a{k}" for k in (1, 2)}
+    with pytest.raises(RuntimeError, match="training failed 2 times on the trainer service; last error: loss is NaN"):
+        leap.run()
+
+
+def test_ctrl_c_during_training_cancels_the_job(tmp_path):
+    trainer = FakeTrainer()
+    leap = make_run(tmp_path / "run", FakeStubs(trainer))
+    trainer.interrupt_watch = True
+    with pytest.raises(KeyboardInterrupt):
+        leap.run()
+    (job,) = trainer.jobs.values()
+    assert job.state == trainer_pb2.JOB_STATE_CANCELLED
+
+
+def test_the_retry_section_of_the_run_config_is_typed():
+    assert config().retry.train_attempts == 3
+    with pytest.raises(ValueError, match="config key retry.train_attempts must be a whole number"):
+        load_config(preset="smoke", overrides={"retry": {"train_attempts": "3"}})
+    with pytest.raises(ValueError, match="config key retry.watch_backoff_s must be a finite number"):
+        load_config(preset="smoke", overrides={"retry": {"watch_backoff_s": "fast"}})
+    with pytest.raises(ValueError, match="retry.train_attempts must be >= 1"):
+        load_config(preset="smoke", overrides={"retry": {"train_attempts": 0}})
