@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from leap.v1 import common_pb2, student_pb2, student_pb2_grpc
+from services.runtime.channels import make_channel
 
 log = logging.getLogger("leap.orchestrator.hot_swap")
 
@@ -122,7 +123,8 @@ def swap_one(address: str, checkpoint: common_pb2.CheckpointRef, *, make_current
     last_error = ""
     current = ""
     attempt = 0
-    with grpc.insecure_channel(address) as channel:
+    # TLS when the orchestrator has it configured (LEAP_TLS_CA, ...): replicas are across the network.
+    with make_channel(address) as channel:
         stub = student_pb2_grpc.StudentServiceStub(channel)
         for attempt in range(1, attempts + 1):
             try:

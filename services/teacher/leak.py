@@ -50,7 +50,8 @@ _ASSERT_PLACE = (
 
 
 class PrivilegedFacts(Protocol):
-    """What the detector reads from a PrivilegedState (the protobuf message satisfies it)."""
+    """What the detector reads from a PrivilegedState (the protobuf message satisfies it). It also
+    reads `critical_locations` and `essential_objects` where the state has them."""
 
     secrets: Sequence[str]
     facts: Sequence[str]
@@ -119,33 +120,47 @@ class SecretIndex:
     linked: dict[str, list[str]] = field(default_factory=dict)
     # Secrets that are the subject of a fact ("apple 2" in "apple 2 is in fridge 1"): named = leaked.
     subjects: set[str] = field(default_factory=set)
+    # Secrets the environment declares places (its critical_locations that are not essential objects).
+    places: set[str] = field(default_factory=set)
 
     def is_place(self, secret: str) -> bool:
-        """A secret that leaks only together with what it hides (a receptacle, a location)."""
+        """A secret that leaks only together with what it hides (a receptacle, a location): one the
+        environment lists among its critical locations, or one that shares facts with numbered
+        entities without being their subject (household's "cabinet 2" of "plate 1 is in cabinet 2")."""
+        if secret in self.places:
+            return True
         return bool(self.linked.get(secret)) and secret not in self.subjects
 
     @classmethod
     def build(cls, state: PrivilegedFacts) -> SecretIndex:
         secrets = [normalize_text(s) for s in state.secrets if s and s.strip()]
         facts = [normalize_text(f) for f in state.facts if f and f.strip()]
+        essential = {normalize_text(o) for o in getattr(state, "essential_objects", ()) if o and o.strip()}
+        places = {normalize_text(p) for p in getattr(state, "critical_locations", ()) if p and p.strip()}
+        places = {p for p in places if p in secrets and p not in essential}
+        # Short secrets (names, not sentences) that are not places: what a place hides.
+        names = [s for s in secrets if s not in places and not any(_contains(s, p) for p in places)]
         linked: dict[str, list[str]] = {}
         for secret in secrets:
             partners: list[str] = []
             for fact in facts:
                 if not _contains(fact, secret):
                     continue
-                for entity in entities_in(fact.replace(secret, " ")):
+                rest = fact.replace(secret, " ")
+                others = names if secret in places else []
+                for entity in entities_in(rest) + [n for n in others if _contains(rest, n)]:
                     if entity != secret and entity not in partners and not _contains(secret, entity):
                         partners.append(entity)
             linked[secret] = partners
         subjects = {s for s in secrets if any(f.startswith(s + " ") for f in facts)}
-        return cls(secrets=list(dict.fromkeys(secrets)), facts=facts, linked=linked, subjects=subjects)
+        return cls(secrets=list(dict.fromkeys(secrets)), facts=facts, linked=linked, subjects=subjects,
+                   places=places)
 
     def observed(self, secret: str, observations: Iterable[str]) -> bool:
         """True when one observation names a place secret with a linked entity, or another secret at all."""
         partners = self.linked.get(secret, []) if self.is_place(secret) else []
         # A statement ("apple 2 is in fridge 1") is observed when one observation names all its entities.
-        parts = entities_in(secret)
+        parts = entities_in(secret) or [s for s in self.secrets if s != secret and _contains(secret, s)]
         for text in observations:
             norm = normalize_text(text)
             if len(parts) >= 2 and all(_contains(norm, p) for p in parts):

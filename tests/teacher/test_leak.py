@@ -117,3 +117,31 @@ def test_quoting_the_students_own_action_is_no_leak():
     assert leaked_secrets(text, STATE, SEEN_NOTHING, said) == []
     # ... but its words never reveal where things are.
     assert leaked_secrets("Right: the apple 1 is in cabinet 3.", STATE, SEEN_NOTHING, said) == ["cabinet 3"]
+
+
+# TextWorld's form: names without instance numbers, and a fact about the place itself ("fridge is
+# closed"). The environment declares the place among its critical locations.
+TEXTWORLD = env_pb.PrivilegedState(
+    secrets=["red tuna is in the fridge", "fridge", "red tuna"],
+    facts=["red tuna is in the fridge", "red tuna is cookable", "fridge is closed"],
+    critical_locations=["fridge", "counter"], essential_objects=["red tuna", "knife"],
+)
+TEXTWORLD_SEEN = ["-= Kitchen =- You can see a fridge. On the counter you make out a red hot pepper."]
+
+
+def test_declared_places_without_numbers_leak_only_with_what_they_hide():
+    index = SecretIndex.build(TEXTWORLD)
+    assert index.places == {"fridge"} and index.is_place("fridge") and not index.is_place("red tuna")
+    assert index.linked["fridge"] == ["red tuna"]
+    assert leaked_secrets("I should open the fridge and look inside.", TEXTWORLD, TEXTWORLD_SEEN) == []
+    assert leaked_secrets("The red tuna is in the fridge.", TEXTWORLD, TEXTWORLD_SEEN) != []
+    assert "red tuna" in leaked_secrets("Take the red tuna next.", TEXTWORLD, TEXTWORLD_SEEN)
+    # Once the open fridge showed the tuna, nothing of it is secret.
+    seen = TEXTWORLD_SEEN + ["You open the fridge, revealing a red tuna."]
+    assert leaked_secrets("The red tuna is in the fridge.", TEXTWORLD, seen) == []
+
+
+def test_an_essential_object_is_never_a_place_even_when_listed_as_one():
+    state = env_pb.PrivilegedState(secrets=["box", "box is on the shelf"], facts=["box is on the shelf"],
+                                   critical_locations=["box"], essential_objects=["box"])
+    assert not SecretIndex.build(state).is_place("box")
