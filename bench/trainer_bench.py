@@ -277,9 +277,9 @@ def token_lengths(dataset: Path) -> tuple[list[int], list[int]]:
 
 def precision() -> str:
     """What both paths train in on this CPU: bf16 autocast where it has AMX, else fp32 (the service's rule)."""
-    from services.models import cpu_has_bf16_matmul
+    from services.models import cpu_prefers_bf16
 
-    return "bf16" if cpu_has_bf16_matmul() else "fp32"
+    return "bf16" if cpu_prefers_bf16() else "fp32"
 
 
 def machine() -> dict:

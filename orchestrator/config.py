@@ -46,7 +46,7 @@ class StudentConfig:
     model: str = "smollm2"
     address: str = ""
     device: str = "cpu"
-    dtype: str = "auto"               # auto: bf16 on GPUs and on CPUs with AMX, else fp32
+    dtype: str = "auto"               # auto: bf16 on GPUs and where it measures faster on CPU, else fp32
     max_new_tokens: int = 48
     #: Choose each action among the environment's candidates (guided decoding in the student server;
     #: needs a backend that supports it, i.e. the local one). The reason stays free text.

@@ -8,7 +8,7 @@ local folder or a hub id, passed to transformers as is (the code path for users 
 from services.models.loading import (
     DEFAULT_MODEL,
     ModelSpec,
-    cpu_has_bf16_matmul,
+    cpu_prefers_bf16,
     is_default_alias,
     load_model_and_tokenizer,
     pick_device,
@@ -20,7 +20,7 @@ from services.models.smollm2 import ensure_smollm2_folder
 __all__ = [
     "DEFAULT_MODEL",
     "ModelSpec",
-    "cpu_has_bf16_matmul",
+    "cpu_prefers_bf16",
     "ensure_smollm2_folder",
     "is_default_alias",
     "load_model_and_tokenizer",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("leap.models")
 
 DEFAULT_MODEL = "smollm2"
 _ALIASES = {"smollm2", "smollm2-135m", "smollm2-135m-instruct", "default"}
@@ -46,24 +50,58 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """True on CPUs with AMX tiles (Sapphire Rapids and later), where oneDNN runs bf16 matmuls natively.
+#: The CPU's bf16 matmuls must beat fp32 by this factor to be chosen (bf16 costs precision).
+BF16_MIN_SPEEDUP = 1.2
 
-    Measured on such a 2-core machine with SmolLM2-135M: bf16 prefill 2.1-2.7k tok/s against 0.54-0.70k
-    in fp32, a decode step at batch 16 83 ms against 143 ms. Without AMX, bf16 is emulated and slower
-    than fp32, so those CPUs keep fp32.
+
+def measure_cpu_bf16_speedup(m: int = 64, k: int = 576, n: int = 1536, reps: int = 5) -> float:
+    """bf16 / fp32 matrix-multiply throughput on this CPU, measured now with this process's threads.
+
+    The shape is one of SmolLM2-135M's MLP products for 64 rows. Where oneDNN runs bf16 natively
+    (AMX, AVX-512 BF16) bf16 is 2-4x fp32; where it is emulated (AVX2 only, or ONEDNN_MAX_CPU_ISA=AVX2)
+    it is 10-50x slower. Measured on a 2-core AMD EPYC (AVX-512 BF16, no AMX): 56-72 against 16-25
+    GFLOP/s, and 0.7-1.2 with ONEDNN_MAX_CPU_ISA=AVX2. Best of `reps` alternating runs; stops early
+    when bf16 is clearly the slower (about 0.1 s in all on such a CPU).
     """
+    import time
+
     import torch
 
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except Exception:  # noqa: BLE001 - a private probe; treat any failure as "no"
-        return False
+    def once(a, b) -> float:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        generator = torch.Generator().manual_seed(0)
+        a32, b32 = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
+        a16, b16 = a32.to(torch.bfloat16), b32.to(torch.bfloat16)
+        once(a32, b32)
+        once(a16, b16)
+        best32 = best16 = float("inf")
+        for _ in range(reps):
+            best32 = min(best32, once(a32, b32))
+            best16 = min(best16, once(a16, b16))
+            if best16 > 4 * best32:
+                break
+    return best32 / best16
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_prefers_bf16() -> bool:
+    """Whether bf16 matmuls beat fp32 on this CPU by BF16_MIN_SPEEDUP, measured once per process.
+
+    Chosen by measuring, not by the name of an instruction set: AMX is not needed (AVX-512 BF16 CPUs
+    win too), and ONEDNN_MAX_CPU_ISA caps what oneDNN may use whatever the CPU has.
+    """
+    speedup = measure_cpu_bf16_speedup()
+    choice = speedup >= BF16_MIN_SPEEDUP
+    log.info("CPU bf16/fp32 matmul throughput %.2fx: %s", speedup, "bf16" if choice else "fp32")
+    return choice
 
 
 def pick_dtype(device: str, dtype: str | None = None):
-    """bf16 on GPUs that support it (else fp16); on CPU bf16 where AMX runs it natively, else fp32."""
+    """bf16 on GPUs that support it (else fp16); on CPU bf16 where it measures faster than fp32, else fp32."""
     import torch
 
     if dtype and dtype != "auto":
@@ -71,7 +109,7 @@ def pick_dtype(device: str, dtype: str | None = None):
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_bf16_matmul() else torch.float32
+    return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
 
 
 def load_model_and_tokenizer(name_or_path: str | None = None, *, device: str | None = None,

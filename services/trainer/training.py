@@ -23,8 +23,8 @@ Training runs through TRL on a peft LoRA adapter:
   tokens; subclasses below hand them our token ids instead. The reference policy is the starting
   policy: the base model (adapter disabled) for a fresh adapter, a frozen copy of the parent adapter
   when continuing (TRL's "ref" adapter).
-Mixed precision where the hardware runs it natively: bf16 on GPUs that support it (else fp16) and on CPUs
-with AMX (`services.models.cpu_has_bf16_matmul`), fp32 on other CPUs. No gradient checkpointing, no
+Mixed precision where the hardware runs it faster: bf16 on GPUs that support it (else fp16) and on CPUs
+where bf16 matmuls measure faster than fp32 (`services.models.cpu_prefers_bf16`), fp32 on other CPUs. No gradient checkpointing, no
 report_to, no hub, no intermediate checkpoints (the service writes the one checkpoint itself).
 """
 
