@@ -119,11 +119,11 @@ def build_service(args: argparse.Namespace):
             checkpoint_limits=CheckpointLimits(max_weights_bytes=int(args.max_adapter_mb * 1024 * 1024)),
             merge_uniform_adapter=args.merge_adapter == "on"))
     else:
-        from services.student.backends.remote import RemoteBackend, RemoteOptions
+        from services.student.backends.remote import RemoteOptions, create_remote_backend
 
         if not args.endpoint:
             raise SystemExit(f"--backend {args.backend} needs --endpoint (the server's base URL)")
-        backend = RemoteBackend(RemoteOptions(
+        backend = create_remote_backend(RemoteOptions(
             flavor=args.backend, endpoint=args.endpoint, model=args.model, remote_model=args.remote_model,
             timeout=args.request_timeout, retries=args.retries, max_concurrency=args.max_batch_size,
             health_interval=args.health_interval))

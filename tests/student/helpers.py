@@ -7,8 +7,11 @@ import hashlib
 import json
 import shutil
 import socket
+import threading
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 from services.student.prompts import chat_prompt, format_target, render_messages
 
@@ -47,19 +50,93 @@ def write_manifest(directory: Path, *, version: str, base_model: str = "smollm2"
     return sha256_file(directory / "manifest.json")
 
 
-def train_fixed_answer_adapter(out_dir: Path, *, steps: int = 8, rank: int = 8, seed: int = 0) -> Path:
+class SharedModel:
+    """SmolLM2 (CPU, float32) loaded once, lent to one user at a time.
+
+    `borrow()` yields (model, tokenizer, spec): the shared ones when nobody holds them, else a fresh load
+    (two backends alive at once need two models). When the shared model comes back, LoRA layers its user
+    added are removed and it is reset to the model as loaded: weights copied back, every parameter
+    requiring grad, eval mode, tokenizer padding on the left. Its user must have stopped every thread that
+    runs it.
+    """
+
+    DEVICE, DTYPE = "cpu", "float32"
+
+    def __init__(self):
+        from services.models import load_model_and_tokenizer
+
+        self.model, self.tokenizer, self.spec = load_model_and_tokenizer("smollm2", device=self.DEVICE,
+                                                                         dtype=self.DTYPE)
+        self._weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._lock = threading.Lock()
+        self._lent = False
+
+    @contextmanager
+    def borrow(self, padding_side: str = "left") -> Iterator[tuple]:
+        from services.models import load_model_and_tokenizer
+
+        with self._lock:
+            shared, self._lent = not self._lent, True
+        if not shared:
+            yield load_model_and_tokenizer("smollm2", device=self.DEVICE, dtype=self.DTYPE, padding_side=padding_side)
+            return
+        self.tokenizer.padding_side = padding_side
+        try:
+            yield self.model, self.tokenizer, self.spec
+        finally:
+            self._reset()
+            with self._lock:
+                self._lent = False
+
+    def loader(self, loaded: tuple) -> Callable[..., tuple]:
+        """A `LocalBackend` loader that serves `loaded` when the backend asks for this model's settings."""
+        from services.models import is_default_alias, load_model_and_tokenizer, pick_device
+
+        def load(name: str, *, device: str, dtype: str, padding_side: str) -> tuple:
+            if is_default_alias(name) and pick_device(device) == self.DEVICE and dtype == self.DTYPE:
+                loaded[1].padding_side = padding_side
+                return loaded
+            return load_model_and_tokenizer(name, device=device, dtype=dtype, padding_side=padding_side)
+
+        return load
+
+    def _reset(self) -> None:
+        import torch
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent_name, _, child = name.rpartition(".")
+                setattr(self.model.get_submodule(parent_name), child, module.get_base_layer())
+        if hasattr(self.model, "peft_config"):  # what peft's own unload removes too
+            del self.model.peft_config
+        with torch.no_grad():
+            self.model.load_state_dict(self._weights, strict=True)
+        for param in self.model.parameters():
+            param.requires_grad_(True)
+        self.model.eval()
+        self.tokenizer.padding_side = "left"
+
+
+def train_fixed_answer_adapter(out_dir: Path, shared: SharedModel, *, steps: int = 8, rank: int = 8,
+                               seed: int = 0) -> Path:
     """LoRA on the q/v projections of the last layers, trained to answer FIXED_REASON / FIXED_ACTION to
     every state in STATES (loss on the target only, prompts built exactly as the server builds them).
 
     Only the last layers carry LoRA so that backward stops there: a few seconds of training on CPU.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
-
-    from services.models import load_model_and_tokenizer
 
     torch.manual_seed(seed)
-    model, tokenizer, _ = load_model_and_tokenizer("smollm2", device="cpu", dtype="float32", padding_side="right")
+    with shared.borrow(padding_side="right") as (model, tokenizer, _):
+        _train(model, tokenizer, out_dir, steps=steps, rank=rank)
+    return out_dir
+
+
+def _train(model, tokenizer, out_dir: Path, *, steps: int, rank: int) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+
     model.train()
     layers = model.config.num_hidden_layers
     config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
@@ -91,7 +168,6 @@ def train_fixed_answer_adapter(out_dir: Path, *, steps: int = 8, rank: int = 8, 
     out_dir.mkdir(parents=True, exist_ok=True)
     peft_model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
-    return out_dir
 
 
 def copy_checkpoint(source: Path, dest: Path) -> Path:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from services.student.backends.local import _END, LocalBackend, LocalOptions, _determined_tail, _prefix_tree
+from services.student.backends.constrained import END, determined_tail, prefix_tree
+from services.student.backends.local import LocalBackend, LocalOptions
 from services.student.prompts import parse_output, render_messages
 from services.student.types import CheckpointSpec, GenerationRequest, Sampling
 from tests.student.helpers import FIXED_ACTION, FIXED_REASON, STATES
@@ -26,22 +27,13 @@ CANDIDATES = ["go to stoveburner 1", "go to stoveburner 2", "go to cabinet 1", "
               "take kettle 1 from stoveburner 1", "open cabinet 1", "inventory", "look"]
 
 
-def test_prefix_tree_and_determined_tails():
-    tree = _prefix_tree([[1, 2, 3], [1, 2, 4], [1, 2], [5, 6, 7], []])
-    assert set(tree) == {1, 5}
-    assert _determined_tail(tree) is None                  # a choice at the root
-    assert _determined_tail(tree[5]) == [6, 7]             # only one candidate left
-    assert _determined_tail(tree[1][2]) is None            # [1, 2] ends here, [1, 2, 3/4] go on
-    assert _END in tree[1][2] and _determined_tail(tree[1][2][3]) == []
-    assert _prefix_tree([]) == {}
-
-
 @pytest.fixture(scope="module")
-def backend():
-    b = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8))
-    b.start()
-    yield b
-    b.close()
+def backend(smollm2):
+    with smollm2.borrow() as loaded:
+        b = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8), loader=smollm2.loader(loaded))
+        b.start()
+        yield b
+        b.close()
 
 
 def _request(backend, messages, *, candidates=CANDIDATES, handle=None, **sampling):
@@ -70,15 +62,15 @@ def _check_choices_against_a_full_forward(backend, request, tokens: list[int]) -
     ids = list(request.prompt.ids) + tokens
     with torch.inference_mode():
         logits = backend.model(input_ids=torch.tensor([ids])).logits[0].float()
-    tree = _prefix_tree([list(x) for x in backend.tokenizer(
+    tree = prefix_tree([list(x) for x in backend.tokenizer(
         [" " + c for c in request.candidates], add_special_tokens=False)["input_ids"]])
     eos = backend.tokenizer.eos_token_id
     node, k = tree, start
-    while k < len(tokens) or _END in node:
-        if _determined_tail(node) is not None:
-            assert tokens[k:] == _determined_tail(node)  # appended without a forward pass
+    while k < len(tokens) or END in node:
+        if determined_tail(node) is not None:
+            assert tokens[k:] == determined_tail(node)  # appended without a forward pass
             return
-        options = [t for t in node if t != _END] + ([eos] if _END in node else [])
+        options = [t for t in node if t != END] + ([eos] if END in node else [])
         scores = logits[len(request.prompt.ids) + k - 1, options]
         best = options[int(scores.argmax())]
         if best == eos:

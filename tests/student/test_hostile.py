@@ -47,7 +47,7 @@ def wait_until(predicate, timeout: float, what: str):
         time.sleep(0.05)
 
 
-def untrained_adapter(out_dir: Path) -> Path:
+def untrained_adapter(out_dir: Path, shared) -> Path:
     """A fresh LoRA adapter (peft's initialisation: B = 0) saved as the trainer saves one, plus a manifest.
 
     Training is not needed here (these tests are about what the server accepts and how it fails), and
@@ -57,22 +57,19 @@ def untrained_adapter(out_dir: Path) -> Path:
 
     from peft import LoraConfig, get_peft_model
 
-    from services.models import load_model_and_tokenizer
-
-    model, tokenizer, _ = load_model_and_tokenizer("smollm2", device="cpu", dtype="float32")
-    with warnings.catch_warnings():
+    with shared.borrow() as (model, tokenizer, _), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                                       task_type="CAUSAL_LM"))
-    peft_model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
+        peft_model.save_pretrained(out_dir, safe_serialization=True)
+        tokenizer.save_pretrained(out_dir)
     write_manifest(out_dir, version="v1", base_model="smollm2")
     return out_dir
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    path = untrained_adapter(tmp_path_factory.mktemp("adapter") / "fresh")
+def root(tmp_path_factory, smollm2):
+    path = untrained_adapter(tmp_path_factory.mktemp("adapter") / "fresh", smollm2)
     root = tmp_path_factory.mktemp("adapters-root")
     copy_checkpoint(path, root / "good")
     outside = tmp_path_factory.mktemp("elsewhere")
@@ -82,9 +79,14 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def student(root):
+def student(root, smollm2):
+    with smollm2.borrow() as loaded:
+        yield from _student(root, smollm2.loader(loaded))
+
+
+def _student(root, loader):
     backend = LocalBackend(LocalOptions(max_batch_size=8, max_wait_ms=200, dtype="float32",
-                                        adapters_root=str(root.root)))
+                                        adapters_root=str(root.root)), loader=loader)
     service = StudentService(backend, StudentLimits(default_max_new_tokens=4, max_prompt_tokens=600))
     host, startup = start_in_background(service, ServerConfig(port=0, log_format="text"))
     address = f"127.0.0.1:{host.port}"
@@ -94,6 +96,7 @@ def student(root):
     yield SimpleNamespace(client=client, backend=backend, service=service, address=address, root=root.root)
     client.close()
     host.stop(grace=0)
+    backend.close()
 
 
 def refusal(call) -> tuple[grpc.StatusCode, str]:
@@ -215,9 +218,9 @@ def test_a_row_whose_scores_turn_non_finite_fails_alone(student):
         for name, param in backend.peft.named_parameters():
             if f".{handle}." in name and "lora_B" in name:
                 param.data.fill_(float("nan"))
-        backend._forget_prefixes(handle)
+        backend.prefix_cache.forget(handle)
 
-    backend._call_on_model_thread(poison).result(timeout=60)
+    backend.scheduler.call(poison).result(timeout=60)
     stub = student.client.stub
     bad = stub.Act.future(student_pb2.ActRequest(items=[act_item(**STATES[0], adapter_version="poisoned",
                                                                  temperature=1.0, seed=7, max_new_tokens=4)]),

@@ -41,8 +41,8 @@ SHORT = 10  # max_new_tokens where the content does not matter
 class GatedLocalBackend(LocalBackend):
     """Holds the model load until the test opens the gate (to observe the loading state)."""
 
-    def __init__(self, options):
-        super().__init__(options)
+    def __init__(self, options, **kwargs):
+        super().__init__(options, **kwargs)
         self.gate = threading.Event()
 
     def start(self):
@@ -57,11 +57,16 @@ def code_of(call) -> grpc.StatusCode:
 
 
 @pytest.fixture(scope="module")
-def student():
+def student(smollm2):
+    with smollm2.borrow() as loaded:
+        yield from _student(smollm2.loader(loaded))
+
+
+def _student(loader):
     metrics_port = free_port()
     # fp32: a row's tokens must not depend on its batch companions, which holds exactly in fp32 (in
     # bf16 a different batch shape can round differently and flip a sampled token).
-    backend = GatedLocalBackend(LocalOptions(max_batch_size=8, max_wait_ms=50, dtype="float32"))
+    backend = GatedLocalBackend(LocalOptions(max_batch_size=8, max_wait_ms=50, dtype="float32"), loader=loader)
     service = StudentService(backend, StudentLimits(default_max_new_tokens=SHORT, max_prompt_tokens=400, max_items=8))
     host, startup = start_in_background(service, ServerConfig(port=0, metrics_port=metrics_port, log_format="text"))
     client = StudentClient(f"127.0.0.1:{host.port}", timeout=120)
@@ -74,6 +79,7 @@ def student():
                           tokenizer=backend.tokenizer)
     client.close()
     host.stop(grace=0)
+    backend.close()
 
 
 def scrape(port: int) -> dict[str, float]:

@@ -27,14 +27,17 @@ def _messages() -> list[list[dict[str, str]]]:
 
 
 @pytest.fixture(scope="module")
-def backends():
-    cached = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=True))
-    plain = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=False))
-    cached.start()
-    plain.start()
-    yield cached, plain
-    cached.close()
-    plain.close()
+def backends(smollm2):
+    with smollm2.borrow() as first, smollm2.borrow() as second:  # the second is a model of its own
+        cached = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=True),
+                              loader=smollm2.loader(first))
+        plain = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=False),
+                             loader=smollm2.loader(second))
+        cached.start()
+        plain.start()
+        yield cached, plain
+        cached.close()
+        plain.close()
 
 
 def _generate(backend: LocalBackend, messages, handle=None, version="base") -> list[list[int]]:
@@ -84,4 +87,4 @@ def test_each_adapter_gets_its_own_prefix_cache(backends, trained_adapter):
     assert with_adapter == _generate(plain, household, handles[1], "v1")
     decoded = cached.tokenizer.decode(with_adapter[0], skip_special_tokens=True)
     assert len(decoded) > 10 and format_target(FIXED_REASON, FIXED_ACTION).startswith(decoded)
-    assert {key[0] for key in cached._prefix_kv} >= {None, handles[0]}
+    assert {key[0] for key in cached.prefix_cache.entries} >= {None, handles[0]}

@@ -20,7 +20,7 @@ import pytest
 
 from services.models import ensure_smollm2_folder
 from services.runtime.config import ServerConfig
-from services.student.backends.remote import RemoteBackend, RemoteOptions
+from services.student.backends.remote import RemoteOptions, create_remote_backend
 from services.student.client import StudentClient, act_item
 from services.student.prompts import chat_prompt, format_target, render_messages
 from services.student.server import start_in_background
@@ -42,7 +42,7 @@ def code_of(call) -> grpc.StatusCode:
 
 
 def serve_remote(options: RemoteOptions):
-    service = StudentService(RemoteBackend(options), StudentLimits(default_max_new_tokens=SHORT))
+    service = StudentService(create_remote_backend(options), StudentLimits(default_max_new_tokens=SHORT))
     host, startup = start_in_background(service, ServerConfig(port=0, log_format="text"))
     client = StudentClient(f"127.0.0.1:{host.port}", timeout=180)
     client.wait_ready(timeout=180)
@@ -53,15 +53,16 @@ def serve_remote(options: RemoteOptions):
 # -- TGI -----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tgi(trained_adapter):
+def tgi(trained_adapter, smollm2):
     path, _ = trained_adapter
-    server = TGITestServer("smollm2", adapters={"leap/fixed-v1": str(path)}).start()
-    host, client = serve_remote(RemoteOptions(flavor="tgi", endpoint=server.url, retries=RETRIES,
-                                              backoff_seconds=0.01, timeout=120))
-    yield SimpleNamespace(server=server, client=client, address=f"127.0.0.1:{host.port}")
-    client.close()
-    host.stop(grace=0)
-    server.stop()
+    with smollm2.borrow() as loaded:
+        server = TGITestServer("smollm2", adapters={"leap/fixed-v1": str(path)}, loaded=loaded).start()
+        host, client = serve_remote(RemoteOptions(flavor="tgi", endpoint=server.url, retries=RETRIES,
+                                                  backoff_seconds=0.01, timeout=120))
+        yield SimpleNamespace(server=server, client=client, address=f"127.0.0.1:{host.port}")
+        client.close()
+        host.stop(grace=0)
+        server.stop()
 
 
 def test_tgi_model_info_says_what_can_be_swapped(tgi):

@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime.config import ServerConfig
 from services.runtime.errors import FailedPrecondition
-from services.student.backends.remote import RemoteBackend, RemoteOptions
+from services.student.backends.remote import RemoteOptions, create_remote_backend
 from services.student.client import StudentClient, act_item
 from services.student.server import SERVICE_NAME, start_in_background
 from services.student.service import StudentLimits, StudentService
@@ -29,10 +29,11 @@ pytestmark = pytest.mark.model
 
 
 @pytest.fixture(scope="module")
-def tgi():
-    server = TGITestServer("smollm2").start()
-    yield server
-    server.stop()
+def tgi(smollm2):
+    with smollm2.borrow() as loaded:
+        server = TGITestServer("smollm2", loaded=loaded).start()
+        yield server
+        server.stop()
 
 
 def status_of(address: str) -> int:
@@ -52,9 +53,9 @@ def wait_status(address: str, status: int, timeout: float) -> None:
 
 def test_health_follows_the_remote_endpoint(tgi):
     seen = len(tgi.requests)
-    service = StudentService(RemoteBackend(RemoteOptions(flavor="tgi", endpoint=tgi.url, retries=0, timeout=30,
-                                                         health_interval=0.2, probe_timeout=5)),
-                             StudentLimits(default_max_new_tokens=2))
+    options = RemoteOptions(flavor="tgi", endpoint=tgi.url, retries=0, timeout=30, health_interval=0.2,
+                            probe_timeout=5)
+    service = StudentService(create_remote_backend(options), StudentLimits(default_max_new_tokens=2))
     host, startup = start_in_background(service, ServerConfig(port=0, log_format="text"))
     address = f"127.0.0.1:{host.port}"
     try:
@@ -84,8 +85,8 @@ def test_health_follows_the_remote_endpoint(tgi):
 def test_offline_mode_fails_the_start_with_a_clear_error_instead_of_serving(tgi, monkeypatch):
     # What HF_HUB_OFFLINE=1 in the environment sets when huggingface_hub is imported.
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    service = StudentService(RemoteBackend(RemoteOptions(flavor="tgi", endpoint=tgi.url, retries=0, timeout=30)),
-                             StudentLimits(default_max_new_tokens=2))
+    options = RemoteOptions(flavor="tgi", endpoint=tgi.url, retries=0, timeout=30)
+    service = StudentService(create_remote_backend(options), StudentLimits(default_max_new_tokens=2))
     host, startup = start_in_background(service, ServerConfig(port=0, log_format="text"))
     address = f"127.0.0.1:{host.port}"
     statuses = set()

@@ -36,12 +36,15 @@ _ERROR_TEXT = {422: "Input validation error", 424: "Request failed during genera
 
 class TGITestServer:
     def __init__(self, model_name: str = "smollm2", *, adapters: dict[str, str] | None = None,
-                 max_input_tokens: int = 1024, max_total_tokens: int = 1536, host: str = "127.0.0.1", port: int = 0):
+                 max_input_tokens: int = 1024, max_total_tokens: int = 1536, host: str = "127.0.0.1", port: int = 0,
+                 loaded: tuple | None = None):
+        """`loaded`: the (model, tokenizer, spec) of `model_name` on CPU in float32, already in memory."""
         import torch  # noqa: F401 - the server generates with the real model
 
         from services.models import load_model_and_tokenizer
 
-        self.model, self.tokenizer, self.spec = load_model_and_tokenizer(model_name, device="cpu", dtype="float32")
+        self.model, self.tokenizer, self.spec = loaded or load_model_and_tokenizer(model_name, device="cpu",
+                                                                                   dtype="float32")
         self.model_id = model_name
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens

@@ -1,13 +1,7 @@
-"""Remote backend: a TGI or OpenAI-compatible server the user already runs, via huggingface_hub.
+"""What every remote backend shares: options, health, probes, retries and error mapping.
 
-- `tgi`: `InferenceClient.text_generation` against TGI's `POST /generate` with `details=True`, so the
-  completion token ids come back exactly as sampled. The prompt is the chat template applied here
-  (the same rendering as the local backend). Multi-LoRA TGI servers get `parameters.adapter_id`.
-  `GET /health` and `GET /info` describe the server.
-- `openai`: `InferenceClient.chat_completion` against `/v1/chat/completions` (vLLM, `transformers
-  serve`, TGI's own OpenAI route). The request's `model` field selects the model or LoRA module.
-  OpenAI-compatible responses carry text only: `completion_token_ids` is left empty rather than
-  re-tokenised (re-tokenised ids can differ from what was sampled).
+A flavour (`tgi`, `openai`) subclasses `RemoteBackend` and supplies its client, its one-token
+generation (the probe) and its generate call; everything else is here.
 
 Retries: 429 and 5xx answers, timeouts and connection errors are retried with exponential backoff
 and jitter (`retries` times); other 4xx answers are not (the request itself is wrong).
@@ -20,10 +14,9 @@ fails. While serving, `check_health` (every `health_interval` seconds) counts a 
 generation as proof of life and otherwise probes again; the service reports NOT_SERVING while that
 fails.
 
-Hot swap: a remote server's weights cannot be swapped from here (TGI loads LoRA adapters only at
-startup). LoadAdapter registers a version whose requests carry `CheckpointRef.uri` as the adapter id
-(TGI) or model name (OpenAI); the id is probed with a one-token request first, and an id the server
-does not know is NOT_FOUND. ModelInfo says so: supports_hot_swap=false,
+Hot swap: a remote server's weights cannot be swapped from here. LoadAdapter registers a version
+whose requests carry `CheckpointRef.uri` as the adapter id; the id is probed with a one-token request
+first, and an id the server does not know is NOT_FOUND. ModelInfo says so: supports_hot_swap=false,
 supports_per_request_adapter=true.
 """
 
@@ -36,6 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from abc import abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
@@ -63,6 +57,9 @@ from services.student.types import (
 log = logging.getLogger("leap.student.remote")
 
 T = TypeVar("T")
+
+#: The conversation of every one-token probe.
+_PING = [{"role": "user", "content": "ping"}]
 
 
 @dataclass
@@ -153,13 +150,17 @@ def to_service_error(exc: RemoteError, what: str) -> ServiceError:
 
 
 class RemoteBackend(Backend):
+    """A backend that sends every row to an inference server over HTTP (one flavour per subclass)."""
+
+    #: False when the server need not have `GET /health` (a 404 or 405 there: the probe decides).
+    health_route_required: bool = True
+    #: What an unknown adapter id needs on this kind of server (said in the NOT_FOUND message).
+    adapter_hint: str = ""
+
     def __init__(self, options: RemoteOptions):
-        if options.flavor not in ("tgi", "openai"):
-            raise ValueError(f"unknown remote flavor {options.flavor!r}; use 'tgi' or 'openai'")
         if not options.endpoint:
             raise ValueError("the remote backend needs an endpoint URL")
         self.options = options
-        self.kind = options.flavor
         self.endpoint = options.endpoint.rstrip("/")
         self.tokenizer = None
         self.remote_model = options.remote_model
@@ -173,6 +174,23 @@ class RemoteBackend(Backend):
         self._tokenizer_lock = threading.Lock()
         self.health_interval = max(0.0, options.health_interval)
         self._last_success = 0.0  # time.monotonic() of the last generation the server answered
+
+    # -- what a flavour supplies -----------------------------------------------------------------
+
+    @abstractmethod
+    def _make_client(self, timeout: float):
+        """A huggingface_hub InferenceClient for this server."""
+
+    @abstractmethod
+    def _one_token(self, client, prompt: EncodedPrompt, adapter_id: str | None) -> None:
+        """One real one-token generation on the served model (`adapter_id` None) or on an adapter."""
+
+    @abstractmethod
+    def _generate(self, request: GenerationRequest) -> tuple[str, list[int], str]:
+        """(text, completion token ids, finish reason) for one row; ServiceError when the server refuses."""
+
+    def _describe_server(self) -> None:
+        """Fill `server_info` from the server, for servers that describe themselves."""
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -190,8 +208,7 @@ class RemoteBackend(Backend):
         self._client = self._make_client(self.options.timeout)
         self._probe_client = self._make_client(self.options.probe_timeout)  # health probes: no retries, short
         self._wait_healthy()
-        if self.options.flavor == "tgi":
-            self.server_info = self._get_json("/info")
+        self._describe_server()
         self._startup_probe()
         self._ready.set()
         log.info("remote server ready", extra={"endpoint": self.endpoint, "flavor": self.options.flavor,
@@ -221,8 +238,8 @@ class RemoteBackend(Backend):
                 self._get_json("/health")
                 return
             except urllib.error.HTTPError as exc:
-                if self.options.flavor == "openai" and exc.code in (404, 405):
-                    return  # OpenAI-compatible servers need not have /health: the probe call decides
+                if not self.health_route_required and exc.code in (404, 405):
+                    return
                 last = exc
                 time.sleep(0.5)
             except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -233,20 +250,7 @@ class RemoteBackend(Backend):
 
     def _probe_call(self, client=None) -> None:
         """One real one-token generation on the served model (no adapter)."""
-        client = client or self._client
-        probe = self.encode_prompt([{"role": "user", "content": "ping"}])
-        if self.options.flavor == "tgi":
-            client.text_generation(probe.text, max_new_tokens=1)
-        else:
-            client.chat_completion(probe.messages, model=self.remote_model, max_tokens=1)
-
-    def _make_client(self, timeout: float):
-        from huggingface_hub import InferenceClient
-
-        token = self.options.api_key or None
-        if self.options.flavor == "tgi":
-            return InferenceClient(model=f"{self.endpoint}/generate", timeout=timeout, token=token)
-        return InferenceClient(base_url=self.endpoint, timeout=timeout, token=token)
+        self._one_token(client or self._client, self.encode_prompt(_PING), None)
 
     def _startup_probe(self) -> None:
         """The first real generation: any failure stops the start with a message that says why."""
@@ -316,41 +320,8 @@ class RemoteBackend(Backend):
     def _generate_one(self, request: GenerationRequest) -> Generation:
         if request.cancelled.is_set():
             raise Unavailable("cancelled")
-        sampling = request.sampling
-        if self.options.flavor == "tgi":
-            kwargs: dict[str, Any] = dict(details=True, max_new_tokens=sampling.max_new_tokens,
-                                          return_full_text=False, adapter_id=request.adapter_handle)
-            if not sampling.greedy:
-                kwargs.update(do_sample=True, temperature=sampling.temperature)
-                if sampling.top_p < 1.0:
-                    kwargs["top_p"] = sampling.top_p
-                if sampling.seed > 0:
-                    kwargs["seed"] = sampling.seed
-            try:
-                output = self._call(lambda: self._client.text_generation(request.prompt.text, **kwargs), "generate")
-            except RemoteError as exc:
-                raise to_service_error(exc, "generate") from exc
-            token_ids = [int(t.id) for t in (output.details.tokens if output.details else [])]
-            finish = str(output.details.finish_reason) if output.details else "unknown"
-            text = output.generated_text
-        else:
-            kwargs = dict(model=request.adapter_handle or self.remote_model, max_tokens=sampling.max_new_tokens,
-                          temperature=sampling.temperature)
-            if not sampling.greedy and sampling.top_p < 1.0:
-                kwargs["top_p"] = sampling.top_p
-            if sampling.seed > 0:
-                kwargs["seed"] = sampling.seed
-            try:
-                output = self._call(lambda: self._client.chat_completion(request.prompt.messages, **kwargs),
-                                    "chat completion")
-            except RemoteError as exc:
-                raise to_service_error(exc, "chat completion") from exc
-            choice = output.choices[0]
-            text = choice.message.content or ""
-            token_ids = []
-            finish = str(choice.finish_reason or "unknown")
-        generated = len(token_ids) if token_ids else 0
-        metrics.GENERATED_TOKENS.inc(generated)
+        text, token_ids, finish = self._generate(request)
+        metrics.GENERATED_TOKENS.inc(len(token_ids))
         metrics.PROMPT_TOKENS.inc(request.prompt.token_count)
         return Generation(text=text, token_ids=token_ids, prompt_tokens=request.prompt.token_count,
                           batch_size=0, finish_reason=finish)
@@ -367,21 +338,13 @@ class RemoteBackend(Backend):
     def prepare_adapter(self, spec: CheckpointSpec) -> PreparedAdapter:
         """Probe the adapter id (CheckpointRef.uri) with a one-token request."""
         adapter_id = spec.uri
-        probe = self.encode_prompt([{"role": "user", "content": "ping"}])
+        probe = self.encode_prompt(_PING)
         try:
-            if self.options.flavor == "tgi":
-                self._call(lambda: self._client.text_generation(probe.text, max_new_tokens=1, adapter_id=adapter_id),
-                           "adapter probe")
-            else:
-                self._call(lambda: self._client.chat_completion(probe.messages, model=adapter_id, max_tokens=1),
-                           "adapter probe")
+            self._call(lambda: self._one_token(self._client, probe, adapter_id), "adapter probe")
         except RemoteError as exc:
             if exc.status and not is_retryable(exc.status):
-                hint = ("TGI loads LoRA adapters only at startup: add it to LORA_ADAPTERS and restart the server"
-                        if self.options.flavor == "tgi" else
-                        "the server must know it as a model or LoRA module name (vLLM: --lora-modules)")
                 raise NotFound(f"the remote server does not serve adapter {adapter_id!r} "
-                               f"({exc.status}: {exc.message}); {hint}") from exc
+                               f"({exc.status}: {exc.message}); {self.adapter_hint}") from exc
             raise to_service_error(exc, "adapter probe") from exc
         if spec.base_model:
             served = self.server_info.get("model_id") or self.remote_model
