@@ -17,6 +17,7 @@ import yaml
 
 from services.runtime.experts import DEFAULT_REALIZABILITY_LEVEL, REALIZABILITY_LEVELS
 from services.runtime.numbers import is_finite_number
+from services.student import defaults as student_defaults
 from services.teacher.backends import DEFAULT_BACKEND as DEFAULT_TEACHER_BACKEND
 from services.trainer import methods as training_methods
 
@@ -55,10 +56,10 @@ class StudentConfig:
     max_reason_tokens: int = 0
     rollout_temperature: float = 0.3
     eval_temperature: float = 0.0
-    history_window: int = 4
-    max_batch_size: int = 16
-    max_prefill_rows: int = 16
-    max_wait_ms: int = 20
+    history_window: int = student_defaults.DEFAULT_HISTORY_WINDOW
+    max_batch_size: int = student_defaults.DEFAULT_MAX_BATCH_SIZE
+    max_prefill_rows: int = student_defaults.DEFAULT_MAX_PREFILL_ROWS
+    max_wait_ms: int = student_defaults.DEFAULT_MAX_WAIT_MS
 
 
 @dataclass

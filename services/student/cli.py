@@ -8,7 +8,12 @@ from __future__ import annotations
 import argparse
 
 from services.runtime.config import add_server_arguments, env_default
-from services.student.prompts import DEFAULT_HISTORY_WINDOW
+from services.student.defaults import (
+    DEFAULT_HISTORY_WINDOW,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_PREFILL_ROWS,
+    DEFAULT_MAX_WAIT_MS,
+)
 
 DEFAULT_PORT = 50061
 
@@ -46,13 +51,13 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
                    help="seconds per remote HTTP request [LEAP_REQUEST_TIMEOUT]")
     g.add_argument("--retries", type=int, default=env_default("retries", 3),
                    help="retries of a remote request on 429 / 5xx / connection errors [LEAP_RETRIES]")
-    g.add_argument("--max-batch-size", type=int, default=env_default("max-batch-size", 8),
+    g.add_argument("--max-batch-size", type=int, default=env_default("max-batch-size", DEFAULT_MAX_BATCH_SIZE),
                    help="rows per forward pass (local backend) or concurrent requests (remote); concurrent "
                         "Act calls share batches, so keep --act-workers at least this large [LEAP_MAX_BATCH_SIZE]")
-    g.add_argument("--max-prefill-rows", type=int, default=env_default("max-prefill-rows", 16),
+    g.add_argument("--max-prefill-rows", type=int, default=env_default("max-prefill-rows", DEFAULT_MAX_PREFILL_ROWS),
                    help="rows prefilled together; the rest of a wide batch joins over the next steps (0: no limit) "
                         "[LEAP_MAX_PREFILL_ROWS]")
-    g.add_argument("--max-wait-ms", type=float, default=env_default("max-wait-ms", 10.0),
+    g.add_argument("--max-wait-ms", type=float, default=env_default("max-wait-ms", float(DEFAULT_MAX_WAIT_MS)),
                    help="how long a queued row waits for companions before its batch starts [LEAP_MAX_WAIT_MS]")
     g.add_argument("--history-window", type=int, default=env_default("history-window", DEFAULT_HISTORY_WINDOW),
                    help="past (observation, action) turns shown in the prompt; use the same value for training "

@@ -20,14 +20,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_serve_flags_defaults_and_environment(monkeypatch):
     args = build_parser(["student", "serve"]).parse_args(["student", "serve"])
-    assert (args.port, args.backend, args.model, args.max_batch_size, args.stop_at) == (50061, "local", "smollm2", 8, "action")
+    assert (args.port, args.backend, args.model, args.max_batch_size, args.stop_at) == (50061, "local", "smollm2", 16, "action")
+    # The same scheduling defaults as a run config's student section (one source: services.student.defaults).
+    from orchestrator.config import StudentConfig
+
+    run = StudentConfig()
+    assert (args.max_batch_size, args.max_prefill_rows, args.max_wait_ms, args.history_window) == \
+        (run.max_batch_size, run.max_prefill_rows, run.max_wait_ms, run.history_window)
     assert callable(args.func)
-    monkeypatch.setenv("LEAP_MAX_BATCH_SIZE", "16")
+    monkeypatch.setenv("LEAP_MAX_BATCH_SIZE", "24")
     monkeypatch.setenv("LEAP_BACKEND", "tgi")
     argv = ["student", "serve", "--endpoint", "http://tgi:80", "--history-window", "3", "--max-wait-ms", "5"]
     args = build_parser(argv).parse_args(argv)
     assert (args.max_batch_size, args.backend, args.endpoint, args.history_window, args.max_wait_ms) == \
-        (16, "tgi", "http://tgi:80", 3, 5.0)
+        (24, "tgi", "http://tgi:80", 3, 5.0)
 
 
 def test_clients_cli_and_service_logic_import_without_torch():
