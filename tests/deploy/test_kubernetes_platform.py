@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
-from pathlib import Path
+from functools import partial
 
 import grpc
 import pytest
@@ -26,23 +26,18 @@ from orchestrator.platforms.kubernetes import (
     RUN_LABEL,
     KubernetesError,
     KubernetesPlatform,
-    PlatformSettings,
     TrainerJobFailed,
     dns_label,
     trainer_job_name,
 )
-from tests.deploy.fake_kube_api import FakeKube
+from tests.deploy import kube_helpers
 from tests.deploy.fake_student import start_replica
-
-ROOT = Path(__file__).resolve().parents[2]
-NS = "leap"
-RUN_DIR = "/runs/k8s-household"
+from tests.deploy.kube_helpers import NS, ROOT, RUN_DIR
 
 
 def trainer_template(gpus: int = 0) -> dict:
-    template = yaml.safe_load((ROOT / "deploy" / "base" / "workload" / "trainer-template.yaml").read_text())
+    template = kube_helpers.trainer_template("registry.example/leap-serve/trainer:0.1.0-cuda")
     container = template["template"]["spec"]["containers"][0]
-    container["image"] = "registry.example/leap-serve/trainer:0.1.0-cuda"
     if gpus:
         for kind in ("requests", "limits"):
             container["resources"][kind][GPU_RESOURCE] = str(gpus)
@@ -74,18 +69,10 @@ def result_message(job_id: str, version: str = "v1") -> str:
 
 @pytest.fixture()
 def kube():
-    fake = FakeKube().start()
-    fake.add_pod_template(trainer_template(), NS)
-    fake.put("configmaps", desired_configmap())
-    yield fake
-    fake.stop()
+    yield from kube_helpers.running_kube(trainer_template(), desired_configmap())
 
 
-def make_platform(kube: FakeKube, **overrides) -> KubernetesPlatform:
-    values = dict(namespace=NS, watch_seconds=2, poll_seconds=0.05, stuck_after_s=0.0, settle_timeout_s=3.0,
-                  swap_backoff_s=0.05)
-    settings = PlatformSettings(**{**values, **overrides})
-    return KubernetesPlatform(kube.api_client(), settings)
+make_platform = partial(kube_helpers.make_platform, watch_seconds=2, settle_timeout_s=3.0, swap_backoff_s=0.05)
 
 
 def later(seconds: float, fn, *args, **kwargs) -> None:

@@ -15,7 +15,7 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
+from functools import partial
 
 import pytest
 import yaml
@@ -25,26 +25,18 @@ from orchestrator.platforms.kubernetes import (
     DESIRED_CONFIGMAP,
     RUN_LABEL,
     KubernetesError,
-    KubernetesPlatform,
-    PlatformSettings,
     TrainerJobFailed,
     dns_label,
     trainer_job_name,
 )
 from services.student.desired_adapter import parse_record
+from tests.deploy import kube_helpers
 from tests.deploy.fake_kube_api import FakeKube
+from tests.deploy.kube_helpers import NS, ROOT, RUN_DIR, trainer_template
 from tests.deploy.rbac import rbac_allows
 
-ROOT = Path(__file__).resolve().parents[2]
-NS = "leap"
-RUN_DIR = "/runs/k8s-household"
 ORCHESTRATOR_SA = f"system:serviceaccount:{NS}:leap-orchestrator"
-
-
-def trainer_template(image: str = "registry.example/leap-serve/trainer:0.1.0-cpu@sha256:" + "ab" * 32) -> dict:
-    template = yaml.safe_load((ROOT / "deploy" / "base" / "workload" / "trainer-template.yaml").read_text())
-    template["template"]["spec"]["containers"][0]["image"] = image
-    return template
+TRAINER_IMAGE = "registry.example/leap-serve/trainer:0.1.0-cpu@sha256:" + "ab" * 32
 
 
 def request() -> trainer_pb2.StartJobRequest:
@@ -62,17 +54,11 @@ def run_job(kube: FakeKube, name: str = "leap-run") -> dict:
 
 @pytest.fixture()
 def kube():
-    fake = FakeKube().start()
-    fake.add_pod_template(trainer_template(), NS)
-    fake.put("configmaps", {"apiVersion": "v1", "kind": "ConfigMap",
-                            "metadata": {"name": DESIRED_CONFIGMAP, "namespace": NS}})
-    yield fake
-    fake.stop()
+    yield from kube_helpers.running_kube(trainer_template(TRAINER_IMAGE), {
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": DESIRED_CONFIGMAP, "namespace": NS}})
 
 
-def make_platform(kube: FakeKube, **overrides) -> KubernetesPlatform:
-    values = dict(namespace=NS, watch_seconds=1, poll_seconds=0.05, stuck_after_s=0.0)
-    return KubernetesPlatform(kube.api_client(), PlatformSettings(**{**values, **overrides}))
+make_platform = partial(kube_helpers.make_platform, watch_seconds=1)
 
 
 def delete_job(kube: FakeKube, name: str, propagation: str = "Background") -> None:

@@ -81,3 +81,16 @@ def shortest_length(scene: Scene, start: State, limit: int) -> int | None:
                 following.append(out.state)
         frontier = following
     return None
+
+
+def feed(monkeypatch, answers: list[str]) -> None:
+    """Make input() return these answers in turn, then raise EOFError (end of input), as a player would."""
+    it = iter(answers)
+
+    def fake_input(prompt=""):
+        try:
+            return next(it)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr("builtins.input", fake_input)

@@ -24,10 +24,11 @@ from services.environment.backends.alfworld import AlfworldBackend  # noqa: E402
 from services.environment.backends.alfworld import engine as eng  # noqa: E402
 from services.environment.backends.alfworld import export, games  # noqa: E402
 from services.environment.backends.household.generator import HouseholdConfig, TaskSet  # noqa: E402
-from services.environment.client import EnvironmentClient, PrivilegedClient, task_ref  # noqa: E402
+from services.environment.client import task_ref  # noqa: E402
 from services.environment.server import ENVIRONMENT_SERVICE, EnvironmentServer  # noqa: E402
 from services.runtime.config import ServerConfig  # noqa: E402
 from services.runtime.errors import InvalidArgument, NotFound, ResourceExhausted  # noqa: E402
+from tests.environment.server_helpers import code_of, served  # noqa: E402
 
 TOKEN = "alfworld-test-token"
 SIZES = {"train_tasks": "6", "valid_seen_tasks": "2", "valid_unseen_tasks": "4"}
@@ -45,31 +46,7 @@ def backend(cache) -> AlfworldBackend:
     b.close()
 
 
-@pytest.fixture(scope="module")
-def server(backend):
-    srv = EnvironmentServer(ServerConfig(port=0, max_message_bytes=4 * 1024 * 1024), {"alfworld": backend},
-                            token=TOKEN, max_sessions=32)
-    srv.start()
-    yield srv
-    srv.stop(grace=0)
-
-
-@pytest.fixture()
-def env(server):
-    with EnvironmentClient(f"127.0.0.1:{server.port}", timeout_s=60) as client:
-        yield client
-
-
-@pytest.fixture()
-def oracle(server):
-    with PrivilegedClient(f"127.0.0.1:{server.privileged_port}", TOKEN, timeout_s=120) as client:
-        yield client
-
-
-def code_of(call, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        call(*args, **kwargs)
-    return err.value.code(), err.value.details()
+server, env, oracle = served("alfworld", TOKEN, max_sessions=32, timeout_s=60, oracle_timeout_s=120)
 
 
 def shows(message, secret: str) -> bool:

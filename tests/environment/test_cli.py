@@ -16,6 +16,7 @@ from services.environment import cli
 from services.environment.backends.household import HouseholdBackend
 from services.environment.client import EnvironmentClient, PrivilegedClient, task_ref
 from services.runtime.cli import UsageError
+from tests.environment.helpers import feed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,18 +26,6 @@ def run(argv: list[str]) -> int:
     cli.configure(parser)
     args = parser.parse_args(argv)
     return args.func(args)
-
-
-def feed(monkeypatch, answers: list[str]) -> None:
-    it = iter(answers)
-
-    def fake_input(prompt=""):
-        try:
-            return next(it)
-        except StopIteration:
-            raise EOFError from None
-
-    monkeypatch.setattr("builtins.input", fake_input)
 
 
 def test_tasks_in_process(capsys):

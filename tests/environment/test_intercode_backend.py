@@ -9,8 +9,9 @@ import pytest
 from google.protobuf import text_format
 
 from leap.v1 import common_pb2
-from services.environment.client import EnvironmentClient, PrivilegedClient, task_ref
-from tests.environment.intercode_helpers import TOKEN, make_backend, skip_without_tools, start_server
+from services.environment.client import task_ref
+from tests.environment.intercode_helpers import TOKEN, make_backend, skip_without_tools
+from tests.environment.server_helpers import code_of, served
 
 ENV = "intercode_bash"
 CALL_S = 30.0  # Reset and submit also start sandboxes and run the gold command
@@ -23,29 +24,7 @@ def backend():
     backend.close()
 
 
-@pytest.fixture(scope="module")
-def server(backend):
-    srv = start_server(backend, max_sessions=64)
-    yield srv
-    srv.stop(grace=0)
-
-
-@pytest.fixture()
-def env(server):
-    with EnvironmentClient(f"127.0.0.1:{server.port}", timeout_s=CALL_S) as client:
-        yield client
-
-
-@pytest.fixture()
-def oracle(server):
-    with PrivilegedClient(f"127.0.0.1:{server.privileged_port}", TOKEN, timeout_s=CALL_S) as client:
-        yield client
-
-
-def code_of(call, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        call(*args, **kwargs)
-    return err.value.code(), err.value.details()
+server, env, oracle = served(ENV, TOKEN, max_sessions=64, timeout_s=CALL_S, max_workers=16)
 
 
 def play(env, task_id: str, commands: list[str], horizon: int = 0):

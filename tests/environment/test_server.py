@@ -9,7 +9,6 @@ import threading
 import time
 
 import grpc
-import pytest
 from google.protobuf import text_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -20,6 +19,7 @@ from services.environment.backends.household import HouseholdBackend
 from services.environment.client import EnvironmentClient, PrivilegedClient, task_ref
 from services.environment.server import ENVIRONMENT_SERVICE, PRIVILEGED_SERVICE, EnvironmentServer
 from services.runtime.config import ServerConfig
+from tests.environment.server_helpers import code_of, served
 
 TOKEN = "s3cret-token-for-tests"
 BACKEND = HouseholdBackend()
@@ -31,29 +31,8 @@ def start(**kw) -> EnvironmentServer:
     return server
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = start(token=TOKEN, max_sessions=256)
-    yield srv
-    srv.stop(grace=0)
-
-
-@pytest.fixture()
-def env(server):
-    with EnvironmentClient(f"127.0.0.1:{server.port}", timeout_s=10) as client:
-        yield client
-
-
-@pytest.fixture()
-def oracle(server):
-    with PrivilegedClient(f"127.0.0.1:{server.privileged_port}", TOKEN, timeout_s=10) as client:
-        yield client
-
-
-def code_of(call, *args, **kwargs) -> tuple[grpc.StatusCode, str]:
-    with pytest.raises(grpc.RpcError) as err:
-        call(*args, **kwargs)
-    return err.value.code(), err.value.details()
+server, env, oracle = served("household", TOKEN, max_sessions=256, timeout_s=10, backend=BACKEND,
+                             max_message_bytes=1024 * 1024)
 
 
 def raw(channel: grpc.Channel, service: str, method: str):

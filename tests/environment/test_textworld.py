@@ -16,10 +16,9 @@ from leap.v1 import environment_pb2 as pb
 from services.environment.backends.textworld import TextWorldBackend
 from services.environment.backends.textworld import backend as twb
 from services.environment.backends.textworld import games as twg
-from services.environment.client import EnvironmentClient, PrivilegedClient, task_ref
-from services.environment.server import EnvironmentServer
-from services.runtime.config import ServerConfig
+from services.environment.client import task_ref
 from services.runtime.errors import InvalidArgument
+from tests.environment.server_helpers import code_of, served
 
 TOKEN = "textworld-test-token"
 OPTIONS = {"challenges": "tw-treasure_hunter,tw-simple", "train_tasks": "2",
@@ -38,31 +37,7 @@ def backend(cache):
     b.close()
 
 
-@pytest.fixture(scope="module")
-def server(backend):
-    srv = EnvironmentServer(ServerConfig(port=0, max_message_bytes=4 * 1024 * 1024), {"textworld": backend},
-                            token=TOKEN, max_sessions=16)
-    srv.start()
-    yield srv
-    srv.stop(grace=0)
-
-
-@pytest.fixture()
-def env(server):
-    with EnvironmentClient(f"127.0.0.1:{server.port}", timeout_s=120) as client:
-        yield client
-
-
-@pytest.fixture()
-def oracle(server):
-    with PrivilegedClient(f"127.0.0.1:{server.privileged_port}", TOKEN, timeout_s=120) as client:
-        yield client
-
-
-def code_of(call, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        call(*args, **kwargs)
-    return err.value.code(), err.value.details()
+server, env, oracle = served("textworld", TOKEN, max_sessions=16, timeout_s=120)
 
 
 def mentions(text: str, phrase: str) -> bool:

@@ -7,45 +7,21 @@ import json
 import re
 
 import grpc
-import pytest
 from google.protobuf import text_format
 
 from leap.v1 import common_pb2
 from leap.v1 import environment_pb2 as pb
 from services.environment.backends.webshop.backend import WebShopBackend
-from services.environment.client import EnvironmentClient, PrivilegedClient, task_ref
-from services.environment.server import ENVIRONMENT_SERVICE, EnvironmentServer
-from services.runtime.config import ServerConfig
+from services.environment.client import task_ref
+from services.environment.server import ENVIRONMENT_SERVICE
+from tests.environment.server_helpers import code_of, served
 
 TOKEN = "webshop-test-token"
 BACKEND = WebShopBackend(products=1500, train_tasks=50, valid_seen_tasks=20, valid_unseen_tasks=20)
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = EnvironmentServer(ServerConfig(port=0, max_message_bytes=1024 * 1024), {"webshop": BACKEND}, token=TOKEN,
-                            max_sessions=64)
-    srv.start()
-    yield srv
-    srv.stop(grace=0)
-
-
-@pytest.fixture()
-def env(server):
-    with EnvironmentClient(f"127.0.0.1:{server.port}", timeout_s=20) as client:
-        yield client
-
-
-@pytest.fixture()
-def oracle(server):
-    with PrivilegedClient(f"127.0.0.1:{server.privileged_port}", TOKEN, timeout_s=20) as client:
-        yield client
-
-
-def code_of(call, *args, **kwargs):
-    with pytest.raises(grpc.RpcError) as err:
-        call(*args, **kwargs)
-    return err.value.code(), err.value.details()
+server, env, oracle = served("webshop", TOKEN, max_sessions=64, timeout_s=20, backend=BACKEND,
+                             max_message_bytes=1024 * 1024)
 
 
 def test_lists_the_environment_and_its_tasks(env):

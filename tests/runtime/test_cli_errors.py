@@ -22,6 +22,7 @@ from services.teacher.backends.oracle import OracleTeacher
 from services.teacher.privileged import GrpcPrivilegedSource
 from services.teacher.server import start_in_process
 from services.teacher.service import TeacherService
+from tests.environment.helpers import feed
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "cli-test-token"
@@ -48,18 +49,6 @@ def busy_port():
         s.bind(("127.0.0.1", 0))
         s.listen()
         yield s.getsockname()[1]
-
-
-def feed(monkeypatch, answers: list[str]) -> None:
-    it = iter(answers)
-
-    def fake_input(prompt=""):
-        try:
-            return next(it)
-        except StopIteration:
-            raise EOFError from None
-
-    monkeypatch.setattr("builtins.input", fake_input)
 
 
 # --- bad inputs: exit 2, one line ----------------------------------------------------------------------

@@ -11,8 +11,6 @@ Factories take keyword options (strings are fine: they come from `--env-option k
 
 from __future__ import annotations
 
-import importlib
-import threading
 from typing import Any, Callable, Union
 
 from services.environment.backends.base import (
@@ -28,59 +26,51 @@ from services.environment.backends.base import (
     DemoStep,
     EnvironmentSpec,
     Episode,
+    EpisodeState,
     ExpertAdvice,
     Observation,
     PrivilegedInfo,
     TaskSummary,
 )
 from services.runtime.errors import NotFound
+from services.runtime.registry import Registry
 
 Factory = Callable[..., Backend]
-_lock = threading.Lock()
+
+
+def available() -> list[str]:
+    """Registered backend names, sorted."""
+    return sorted(_REGISTRY.names())
+
+
+def _unknown(name: str) -> NotFound:
+    return NotFound(f"unknown environment {name!r}; valid names: {', '.join(available())}")
+
+
 # name -> factory, or "module:attribute" naming one (imported on first use).
-_REGISTRY: dict[str, Union[str, Factory]] = {
+_REGISTRY: Registry[Factory] = Registry("environment", {
     "household": "services.environment.backends.household:HouseholdBackend",
     "alfworld": "services.environment.backends.alfworld:AlfworldBackend",
     "textworld": "services.environment.backends.textworld:TextWorldBackend",
     "webshop": "services.environment.backends.webshop:webshop_backend",
     "intercode_bash": "services.environment.backends.intercode_bash:IntercodeBashBackend",
-}
+}, unknown=_unknown)
 
 
 def register(name: str, factory: Union[str, Factory]) -> None:
     """Register (or replace) the factory of a backend name."""
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"backend names are letters, digits and underscores; got {name!r}")
-    with _lock:
-        _REGISTRY[name] = factory
-
-
-def available() -> list[str]:
-    """Registered backend names, sorted."""
-    with _lock:
-        return sorted(_REGISTRY)
-
-
-def _resolve(name: str) -> Factory:
-    with _lock:
-        factory = _REGISTRY.get(name)
-    if factory is None:
-        raise NotFound(f"unknown environment {name!r}; valid names: {', '.join(available())}")
-    if isinstance(factory, str):
-        module_name, _, attribute = factory.partition(":")
-        factory = getattr(importlib.import_module(module_name), attribute)
-        with _lock:
-            _REGISTRY[name] = factory
-    return factory
+    _REGISTRY.register(name, factory)
 
 
 def create(name: str, **options: Any) -> Backend:
     """A new backend instance of a registered name (NotFound naming the valid names otherwise)."""
-    return _resolve(name)(**options)
+    return _REGISTRY.get(name)(**options)
 
 
 __all__ = [
     "ACTION_SPACES", "CANDIDATES", "FREE_FORM", "PLANNER", "PRIOR_SEARCHER", "SEARCHER", "TEMPLATED",
-    "Backend", "DemoStep", "Demonstration", "EnvironmentSpec", "Episode", "ExpertAdvice", "Observation",
+    "Backend", "DemoStep", "Demonstration", "EnvironmentSpec", "Episode", "EpisodeState", "ExpertAdvice", "Observation",
     "PrivilegedInfo", "TaskSummary", "available", "create", "register",
 ]

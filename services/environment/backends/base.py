@@ -25,7 +25,8 @@ What a new backend must provide for a whole LEAP run (nothing else in the four s
 2. Tasks and episodes: `num_tasks`, `list_tasks` (stable order), `task` (strict id parsing: hostile
    ids are InvalidArgument or NotFound, never a crash), `start` -> an Episode whose observations
    carry no privileged fact (the goal text, observation text, candidates and `info` are all shown
-   to the student).
+   to the student). Subclassing `EpisodeState` rather than `Episode` gives an episode its `steps`,
+   `done`, `won` and `score` and the usual start and end of `step()`.
 3. Privileged side, replayed: `privileged_state(task_id, actions)` and `expert_advice(task_id,
    actions, expert)` for ANY prefix of actions, invalid ones included, deterministically from the
    task's initial state; the oracle teacher calls them at every step of a student's trajectory.
@@ -48,7 +49,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 from services.runtime.errors import FailedPrecondition
 from services.runtime.experts import PLANNER, PRIOR_SEARCHER, SEARCHER  # noqa: F401 - the backends' names
@@ -58,6 +59,8 @@ CANDIDATES = "candidates"
 FREE_FORM = "free_form"
 TEMPLATED = "templated"
 ACTION_SPACES = (CANDIDATES, FREE_FORM, TEMPLATED)
+
+EPISODE_OVER = "the episode is over; start a new one"  # FailedPrecondition of a step after the end
 
 # Expert kinds (environment.proto ExpertKind, by name): PLANNER, SEARCHER, PRIOR_SEARCHER, imported
 # above from services.runtime.experts, where every service's expert names live.
@@ -187,6 +190,64 @@ class Episode(abc.ABC):
 
     def close(self) -> None:
         """Release what the episode holds (a container, a sandbox); nothing for in-memory worlds."""
+
+
+class EpisodeState(Episode):
+    """An Episode that keeps its own step count, end, win and score: what most backends subclass.
+
+    It answers `steps`, `done`, `won` and `score` from `_steps`, `_done`, `_won` and `_score` (0, False,
+    False, 0.0 until set), and gives `step()` its usual beginning and end:
+
+        def step(self, action):
+            self._begin_step()                   # FailedPrecondition once the episode is over
+            ...                                  # apply the action
+            truncated = self._settle(won=..., score=...)   # one more step, and its outcome
+            return self._observation(text, candidates, reward=..., truncated=truncated, valid=...)
+
+    A backend whose episode counts or scores differently overrides the property concerned.
+    """
+
+    _steps: int = 0
+    _done: bool = False
+    _won: bool = False
+    _score: float = 0.0
+
+    @property
+    def steps(self) -> int:
+        return self._steps
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    @property
+    def won(self) -> bool:
+        return self._won
+
+    @property
+    def score(self) -> float:
+        return self._score
+
+    def _begin_step(self) -> None:
+        """Refuse a step once the episode is over (FailedPrecondition)."""
+        if self._done:
+            raise FailedPrecondition(EPISODE_OVER)
+
+    def _settle(self, *, won: bool, score: float, ended: bool = False) -> bool:
+        """Count the step just applied and record its outcome; the episode ends when won, when `ended`
+        (lost, bought) or at the horizon. Returns whether it was truncated (the horizon came first)."""
+        self._steps += 1
+        self._won, self._score = won, score
+        truncated = not (won or ended) and self._steps >= self.horizon
+        self._done = won or ended or truncated
+        return truncated
+
+    def _observation(self, text: str, candidates: Sequence[str] = (), *, reward: float = 0.0,
+                     truncated: bool = False, valid: bool = True, **fields: Any) -> Observation:
+        """The Observation of the episode as it now stands (no candidates once it is over)."""
+        return Observation(text=text, candidates=() if self._done else tuple(candidates), reward=reward,
+                           score=self._score, done=self._done, won=self._won, truncated=truncated,
+                           step=self._steps, last_action_valid=valid, **fields)
 
 
 class Backend(abc.ABC):

@@ -13,23 +13,31 @@ Adding a backend: write `services/teacher/backends/<name>.py` with a `SPEC` and 
 
 from __future__ import annotations
 
-import importlib
-import threading
 from typing import Any, Union
 
+from services.runtime.registry import Registry
 from services.teacher.backends.base import AnnotationJob, BackendSpec, CorrectionJob, TeacherBackend
-
-_lock = threading.Lock()
-# name -> the spec, or "module:attribute" naming it (imported on first use).
-_REGISTRY: dict[str, Union[str, BackendSpec]] = {
-    "oracle": "services.teacher.backends.oracle:SPEC",
-    "llm": "services.teacher.backends.llm:SPEC",
-}
-DEFAULT_BACKEND = "oracle"
 
 
 class UnknownBackend(ValueError):
     """A backend name that is not registered; the message names the registered ones."""
+
+
+def available() -> list[str]:
+    """Registered backend names, sorted."""
+    return sorted(_REGISTRY.names())
+
+
+# name -> the spec, or "module:attribute" naming it (imported on first use).
+_REGISTRY: Registry[BackendSpec] = Registry(
+    "teacher backend", {
+        "oracle": "services.teacher.backends.oracle:SPEC",
+        "llm": "services.teacher.backends.llm:SPEC",
+    },
+    unknown=lambda name: UnknownBackend(f"unknown teacher backend {name!r}; valid: {', '.join(available())}"),
+    check=lambda name, found: isinstance(found, BackendSpec) and found.name == name,
+    describe=lambda name: f"the BackendSpec of {name!r}")
+DEFAULT_BACKEND = "oracle"
 
 
 def register(spec: Union[str, BackendSpec], name: str = "") -> None:
@@ -37,35 +45,16 @@ def register(spec: Union[str, BackendSpec], name: str = "") -> None:
     name = name or getattr(spec, "name", "")
     if not name or not name.replace("_", "").isalnum():
         raise ValueError(f"teacher backend names are letters, digits and underscores; got {name!r}")
-    with _lock:
-        _REGISTRY[name] = spec
+    _REGISTRY.register(name, spec)
 
 
 def unregister(name: str) -> None:
-    with _lock:
-        _REGISTRY.pop(name, None)
-
-
-def available() -> list[str]:
-    """Registered backend names, sorted."""
-    with _lock:
-        return sorted(_REGISTRY)
+    _REGISTRY.unregister(name)
 
 
 def spec(name: str) -> BackendSpec:
     """The spec of a registered backend, or UnknownBackend naming the valid ones."""
-    with _lock:
-        found = _REGISTRY.get(name)
-    if found is None:
-        raise UnknownBackend(f"unknown teacher backend {name!r}; valid: {', '.join(available())}")
-    if isinstance(found, str):
-        module_name, _, attribute = found.partition(":")
-        found = getattr(importlib.import_module(module_name), attribute)
-        if not isinstance(found, BackendSpec) or found.name != name:
-            raise TypeError(f"{module_name}:{attribute} is not the BackendSpec of {name!r}")
-        with _lock:
-            _REGISTRY[name] = found
-    return found
+    return _REGISTRY.get(name)
 
 
 def specs() -> list[BackendSpec]:

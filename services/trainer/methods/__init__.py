@@ -16,21 +16,22 @@ and add one line to `_REGISTRY` below (CONTRIBUTING.md, "Add a training method")
 
 from __future__ import annotations
 
-import importlib
-import threading
 from typing import Union
 
 from services.runtime.errors import InvalidArgument, quote
+from services.runtime.registry import Registry
 from services.trainer.methods.base import IGNORE_INDEX, RowReader, TrainingMethod
 
-_lock = threading.Lock()
 # name -> the method, or "module:attribute" naming it (imported on first use). Order is the order
 # names() lists them in, and so the order of every "valid: ..." message.
-_REGISTRY: dict[str, Union[str, TrainingMethod]] = {
-    "sft": "services.trainer.methods.sft:METHOD",
-    "dpo": "services.trainer.methods.dpo:METHOD",
-    "kto": "services.trainer.methods.kto:METHOD",
-}
+_REGISTRY: Registry[TrainingMethod] = Registry(
+    "training method", {
+        "sft": "services.trainer.methods.sft:METHOD",
+        "dpo": "services.trainer.methods.dpo:METHOD",
+        "kto": "services.trainer.methods.kto:METHOD",
+    },
+    check=lambda name, found: isinstance(found, TrainingMethod) and found.name == name,
+    describe=lambda name: f"the TrainingMethod {name!r}")
 
 
 def register(method: Union[str, TrainingMethod], name: str = "") -> None:
@@ -40,43 +41,30 @@ def register(method: Union[str, TrainingMethod], name: str = "") -> None:
         raise ValueError(f"training method names are lower-case identifiers; got {name!r}")
     if isinstance(method, TrainingMethod) and method.name != name:
         raise ValueError(f"method {method.name!r} registered under another name ({name!r})")
-    with _lock:
-        _REGISTRY[name] = method
+    _REGISTRY.register(name, method)
 
 
 def unregister(name: str) -> None:
     """Remove a method (tests that register a toy one clean up with this)."""
-    with _lock:
-        _REGISTRY.pop(name, None)
+    _REGISTRY.unregister(name)
 
 
 def names() -> tuple[str, ...]:
     """The registered method names, in registration order."""
-    with _lock:
-        return tuple(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def is_known(name: str) -> bool:
-    with _lock:
-        return name in _REGISTRY
+    return name in _REGISTRY
 
 
 def get(name: str) -> TrainingMethod:
     """The method of a name (case-insensitive), or InvalidArgument naming the valid ones."""
     key = (name or "").strip().lower()
-    with _lock:
-        method = _REGISTRY.get(key)
-    if method is None:
+    if key not in _REGISTRY:
         raise InvalidArgument(f"unknown training method {quote(name or 'UNSPECIFIED', 40)}; "
                               f"valid: {', '.join(names())}")
-    if isinstance(method, str):
-        module_name, _, attribute = method.partition(":")
-        method = getattr(importlib.import_module(module_name), attribute)
-        if not isinstance(method, TrainingMethod) or method.name != key:
-            raise TypeError(f"{module_name}:{attribute} is not the TrainingMethod {key!r}")
-        with _lock:
-            _REGISTRY[key] = method
-    return method
+    return _REGISTRY.get(key)
 
 
 def all_methods() -> list[TrainingMethod]:

@@ -29,7 +29,6 @@ always gets the same advice. privileged.py defines the privileged fields.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -43,6 +42,11 @@ from services.environment.backends.alfworld import export, games, paths
 from services.environment.backends.alfworld import privileged as priv
 from services.environment.backends.household.generator import VERSION as HOUSEHOLD_VERSION
 from services.environment.backends.household.generator import HouseholdConfig, TaskSet
+from services.environment.backends.options import (
+    config_from_options as options_config,
+    config_or_options,
+    integer_or_text,
+)
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, quote
 from services.runtime.files import atomic_directory
 
@@ -104,22 +108,8 @@ class AlfworldConfig:
 
 
 def config_from_options(options: dict[str, Any]) -> AlfworldConfig:
-    fields = {f.name: f for f in dataclasses.fields(AlfworldConfig)}
-    values: dict[str, Any] = {}
-    for key, raw in options.items():
-        name = str(key).replace("-", "_")
-        if name not in fields:
-            raise InvalidArgument(f"unknown alfworld option {quote(str(key))}; "
-                                  f"valid options: {', '.join(sorted(fields))}")
-        default = fields[name].default
-        if isinstance(default, int):
-            text = str(raw).strip()
-            if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 12:
-                raise InvalidArgument(f"alfworld option {name}={quote(str(raw))} is not an integer")
-            values[name] = int(text)
-        else:
-            values[name] = str(raw)
-    return AlfworldConfig(**values)
+    return options_config(AlfworldConfig, options, NAME, integer_or_text(NAME), quote_key=lambda key: quote(str(key)),
+                          invalid=())
 
 
 def cache_folder(config: AlfworldConfig) -> Path:
@@ -150,16 +140,13 @@ def ensure_exported(config: AlfworldConfig) -> Path:
 
 # --- episodes -----------------------------------------------------------------------------------------------
 
-class AlfworldEpisode(base.Episode):
+class AlfworldEpisode(base.EpisodeState):
     def __init__(self, backend: "AlfworldBackend", engine: eng.Engine, game: games.GameInfo, horizon: int):
         self._backend = backend
         self._engine: eng.Engine | None = engine
         self.game = game
         self.task = backend.summary(game)
         self.horizon = horizon
-        self._steps = 0
-        self._won = False
-        self._done = False
 
     def _live(self) -> eng.Engine:
         if self._engine is None:
@@ -168,37 +155,15 @@ class AlfworldEpisode(base.Episode):
 
     def reset(self) -> base.Observation:
         frame = self._backend.guard(self.game, self._live().reset)
-        self._won = frame.won
+        self._won, self._score = frame.won, 1.0 if frame.won else 0.0
         return base.Observation(text=eng.strip_banner(frame.text), candidates=frame.admissible)
 
     def step(self, action: str) -> base.Observation:
-        if self._done:
-            raise FailedPrecondition("the episode is over; start a new one")
+        self._begin_step()
         frame = self._backend.guard(self.game, self._live().step, action)
-        self._steps += 1
-        self._won = frame.won
-        truncated = not self._won and self._steps >= self.horizon
-        self._done = self._won or truncated
-        score = 1.0 if self._won else 0.0
-        return base.Observation(
-            text=frame.text, candidates=() if self._done else frame.admissible, reward=score, score=score,
-            done=self._done, won=self._won, truncated=truncated, step=self._steps, last_action_valid=frame.valid)
-
-    @property
-    def steps(self) -> int:
-        return self._steps
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def won(self) -> bool:
-        return self._won
-
-    @property
-    def score(self) -> float:
-        return 1.0 if self._won else 0.0
+        truncated = self._settle(won=frame.won, score=1.0 if frame.won else 0.0)
+        return self._observation(frame.text, frame.admissible, reward=self._score, truncated=truncated,
+                                 valid=frame.valid)
 
     def close(self) -> None:
         engine, self._engine = self._engine, None
@@ -241,9 +206,7 @@ class AlfworldBackend(base.Backend):
     name = NAME
 
     def __init__(self, config: AlfworldConfig | None = None, **options: Any):
-        if config is not None and options:
-            raise InvalidArgument("pass either an AlfworldConfig or options, not both")
-        self.config = config or config_from_options(options)
+        self.config = config_or_options(config, options, config_from_options, "an AlfworldConfig")
         eng.install_speedups()
         if self.config.games:
             root = Path(self.config.games)

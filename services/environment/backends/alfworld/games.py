@@ -31,17 +31,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# ALFWorld's six task families, the ones the household world reproduces.
+from services.environment.backends.household.world import TASK_TYPES
+
 log = logging.getLogger("leap.environment.alfworld")
 
 SPLIT_FOLDERS: tuple[str, ...] = ("train", "valid_seen", "valid_unseen", "valid_train")
-TASK_TYPES: tuple[str, ...] = (
-    "pick_and_place_simple",
-    "look_at_obj_in_light",
-    "pick_clean_then_place_in_recep",
-    "pick_heat_then_place_in_recep",
-    "pick_cool_then_place_in_recep",
-    "pick_two_obj_and_place",
-)
 GAME_FILE = "game.tw-pddl"
 TRAJ_FILE = "traj_data.json"
 PROBLEM_FILE = "initial_state.pddl"

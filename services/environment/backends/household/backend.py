@@ -20,7 +20,6 @@ Privileged state (PrivilegedInfo) after a replayed history, in LEAP's ALFWorld f
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 from services.environment.backends import base
@@ -47,7 +46,12 @@ from services.environment.backends.household.world import (
     is_won,
     transition,
 )
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.environment.backends.options import (
+    config_from_options as options_config,
+    config_or_options,
+    typed_value,
+)
+from services.runtime.errors import InvalidArgument, NotFound
 
 NAME = "household"
 ENGINE = f"{NAME} {VERSION}"
@@ -55,33 +59,10 @@ ENGINE = f"{NAME} {VERSION}"
 
 def config_from_options(options: dict[str, Any]) -> HouseholdConfig:
     """A HouseholdConfig from keyword options whose values may be strings (from a command line)."""
-    fields = {f.name: f for f in dataclasses.fields(HouseholdConfig)}
-    values: dict[str, Any] = {}
-    for key, raw in options.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            raise InvalidArgument(f"unknown household option {key!r}; valid options: {', '.join(sorted(fields))}")
-        default = fields[name].default
-        try:
-            if isinstance(raw, str):
-                if isinstance(default, bool):
-                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                        raise ValueError(raw)
-                    value: Any = raw.lower() in ("1", "true", "yes", "on")
-                else:
-                    value = type(default)(raw)
-            else:
-                value = raw
-        except ValueError:
-            raise InvalidArgument(f"household option {key}={raw!r} is not a valid {type(default).__name__}") from None
-        values[name] = value
-    try:
-        return HouseholdConfig(**values)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from None
+    return options_config(HouseholdConfig, options, NAME, typed_value(NAME))
 
 
-class HouseholdEpisode(base.Episode):
+class HouseholdEpisode(base.EpisodeState):
     def __init__(self, scene: Scene, task: base.TaskSummary, horizon: int, verbose: bool):
         self.scene = scene
         self.task = task
@@ -90,46 +71,21 @@ class HouseholdEpisode(base.Episode):
         self.state: State = scene.initial_state()
         self.knowledge = Knowledge()
         self.actions: list[str] = []
-        self._won = False
-        self._done = False
 
     def reset(self) -> base.Observation:
         return base.Observation(text=initial_text(self.scene),
                                 candidates=tuple(candidates(self.scene, self.state, self._verbose)))
 
     def step(self, action: str) -> base.Observation:
-        if self._done:
-            raise FailedPrecondition("the episode is over; start a new one")
+        self._begin_step()
         outcome = transition(self.scene, self.state, action)
         self.state = outcome.state
         self.knowledge = self.knowledge.after(self.scene, outcome)
         self.actions.append(action)
-        self._won = is_won(self.scene, self.state)
-        truncated = not self._won and len(self.actions) >= self.horizon
-        self._done = self._won or truncated
-        score = 1.0 if self._won else 0.0
-        return base.Observation(
-            text=outcome.text,
-            candidates=() if self._done else tuple(candidates(self.scene, self.state, self._verbose)),
-            reward=score, score=score, done=self._done, won=self._won, truncated=truncated,
-            step=len(self.actions), last_action_valid=outcome.valid,
-        )
-
-    @property
-    def steps(self) -> int:
-        return len(self.actions)
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def won(self) -> bool:
-        return self._won
-
-    @property
-    def score(self) -> float:
-        return 1.0 if self._won else 0.0
+        won = is_won(self.scene, self.state)
+        truncated = self._settle(won=won, score=1.0 if won else 0.0)
+        return self._observation(outcome.text, () if self._done else candidates(self.scene, self.state, self._verbose),
+                                 reward=self._score, truncated=truncated, valid=outcome.valid)
 
 
 class HouseholdBackend(base.Backend):
@@ -138,9 +94,7 @@ class HouseholdBackend(base.Backend):
     name = NAME
 
     def __init__(self, config: HouseholdConfig | None = None, **options: Any):
-        if config is not None and options:
-            raise InvalidArgument("pass either a HouseholdConfig or options, not both")
-        self.config = config or config_from_options(options)
+        self.config = config_or_options(config, options, config_from_options, "a HouseholdConfig")
         self._tasks = TaskSet(self.config)
 
     # --- tasks ---------------------------------------------------------------------------------------

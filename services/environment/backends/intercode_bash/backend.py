@@ -25,7 +25,6 @@ it prints (explain.py).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import threading
 import time
@@ -39,6 +38,11 @@ from services.environment.backends.intercode_bash.reward import Reward, git_stat
 from services.environment.backends.intercode_bash.rootfs import Template, Templates
 from services.environment.backends.intercode_bash.sandbox import RunResult, Sandbox, SandboxError, SandboxLimits, \
     SandboxPool
+from services.environment.backends.options import (
+    config_from_options as options_config,
+    config_or_options,
+    typed_value,
+)
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, quote
 
 NAME = "intercode_bash"
@@ -98,32 +102,8 @@ class IntercodeConfig:
 
 
 def config_from_options(options: dict[str, Any]) -> IntercodeConfig:
-    fields = {f.name: f for f in dataclasses.fields(IntercodeConfig)}
-    values: dict[str, Any] = {}
-    for key, raw in options.items():
-        name = key.replace("-", "_")
-        if name not in fields:
-            raise InvalidArgument(f"unknown {NAME} option {key!r}; valid options: {', '.join(sorted(fields))}")
-        default = fields[name].default
-        try:
-            if isinstance(raw, str) and not isinstance(default, str):
-                if isinstance(default, bool):
-                    if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                        raise ValueError(raw)
-                    value: Any = raw.lower() in ("1", "true", "yes", "on")
-                else:
-                    value = type(default)(raw)
-            else:
-                value = raw
-        except (ValueError, OverflowError):
-            raise InvalidArgument(f"{NAME} option {key}={raw!r} is not a valid {type(default).__name__}") from None
-        if isinstance(value, float) and value != value:  # NaN
-            raise InvalidArgument(f"{NAME} option {key} is not a number")
-        values[name] = value
-    try:
-        return IntercodeConfig(**values)
-    except (ValueError, TypeError) as exc:
-        raise InvalidArgument(str(exc)) from None
+    return options_config(IntercodeConfig, options, NAME, typed_value(NAME, reject_nan=True),
+                          invalid=(ValueError, TypeError))
 
 
 @dataclass(frozen=True)
@@ -160,7 +140,7 @@ def intro_text(task: data.BashTask) -> str:
             "and send submit when the task is done.")
 
 
-class IntercodeEpisode(base.Episode):
+class IntercodeEpisode(base.EpisodeState):
     """A shell session on one task, in its own sandbox."""
 
     def __init__(self, backend: "IntercodeBashBackend", task: data.BashTask, horizon: int):
@@ -176,14 +156,12 @@ class IntercodeEpisode(base.Episode):
         self.last_output = ""
         self.outputs: list[str] = []
         self.reward: Reward | None = None
-        self._done = False
 
     def reset(self) -> base.Observation:
         return base.Observation(text=intro_text(self.bash_task), info={"cwd": self.cwd})
 
     def step(self, action: str) -> base.Observation:
-        if self._done:
-            raise FailedPrecondition("the episode is over; start a new one")
+        self._begin_step()
         self.actions.append(action)
         command = action.strip()
         if command == SUBMIT:
@@ -251,12 +229,8 @@ class IntercodeEpisode(base.Episode):
                                 step=len(self.actions), last_action_valid=False, info={"cwd": self.cwd})
 
     @property
-    def steps(self) -> int:
+    def steps(self) -> int:  # the actions so far (a submit the sandbox pool refused is taken back)
         return len(self.actions)
-
-    @property
-    def done(self) -> bool:
-        return self._done
 
     @property
     def won(self) -> bool:
@@ -278,9 +252,7 @@ class IntercodeBashBackend(base.Backend):
     name = NAME
 
     def __init__(self, config: IntercodeConfig | None = None, **options: Any):
-        if config is not None and options:
-            raise InvalidArgument("pass either an IntercodeConfig or options, not both")
-        self.config = config or config_from_options(options)
+        self.config = config_or_options(config, options, config_from_options, "an IntercodeConfig")
         self.limits = self.config.limits()
         assets = data.assets_dir(self.config.data_dir or None)
         self.tasks = data.load_tasks(assets)

@@ -27,7 +27,6 @@ Privileged state after a replayed history (replays are cached per task like the 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import threading
@@ -38,6 +37,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from services.environment.backends import base
+from services.environment.backends.options import (
+    config_from_options as options_config,
+    config_or_options,
+    integer_or_text,
+)
 from services.environment.backends.textworld import games as twg
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, quote
 
@@ -107,21 +111,8 @@ class TextWorldConfig:
 
 
 def config_from_options(options: dict[str, Any]) -> TextWorldConfig:
-    fields = {f.name: f for f in dataclasses.fields(TextWorldConfig)}
-    values: dict[str, Any] = {}
-    for key, raw in options.items():
-        name = str(key).replace("-", "_")
-        if name not in fields:
-            raise InvalidArgument(f"unknown textworld option {quote(str(key))}; "
-                                  f"valid options: {', '.join(sorted(fields))}")
-        if isinstance(fields[name].default, int):
-            text = str(raw).strip()
-            if not (text.isascii() and text.lstrip("-").isdigit()) or len(text) > 12:
-                raise InvalidArgument(f"textworld option {name}={quote(str(raw))} is not an integer")
-            values[name] = int(text)
-        else:
-            values[name] = str(raw)
-    return TextWorldConfig(**values)
+    return options_config(TextWorldConfig, options, NAME, integer_or_text(NAME),
+                          quote_key=lambda key: quote(str(key)), invalid=())
 
 
 def strip_banner(text: str) -> str:
@@ -208,14 +199,11 @@ class Engine:
             self._env.close()
 
 
-class TextWorldEpisode(base.Episode):
+class TextWorldEpisode(base.EpisodeState):
     def __init__(self, engine: Engine, task: base.TaskSummary, horizon: int):
         self._engine: Engine | None = engine
         self.task = task
         self.horizon = horizon
-        self._steps = 0
-        self._won = self._done = False
-        self._score = 0.0
 
     def _live(self) -> Engine:
         if self._engine is None:
@@ -228,34 +216,12 @@ class TextWorldEpisode(base.Episode):
         return base.Observation(text=strip_banner(frame.text), candidates=frame.admissible, score=frame.score)
 
     def step(self, action: str) -> base.Observation:
-        if self._done:
-            raise FailedPrecondition("the episode is over; start a new one")
+        self._begin_step()
         before = self._score
         frame = self._live().step(action)
-        self._steps += 1
-        self._won, self._score = frame.won, frame.score
-        truncated = not (frame.won or frame.lost) and self._steps >= self.horizon
-        self._done = frame.won or frame.lost or truncated
-        return base.Observation(
-            text=frame.text, candidates=() if self._done else frame.admissible, reward=frame.score - before,
-            score=frame.score, done=self._done, won=frame.won, truncated=truncated, step=self._steps,
-            last_action_valid=frame.valid, info={"lost": "true"} if frame.lost else {})
-
-    @property
-    def steps(self) -> int:
-        return self._steps
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def won(self) -> bool:
-        return self._won
-
-    @property
-    def score(self) -> float:
-        return self._score
+        truncated = self._settle(won=frame.won, score=frame.score, ended=frame.lost)
+        return self._observation(frame.text, frame.admissible, reward=frame.score - before, truncated=truncated,
+                                 valid=frame.valid, info={"lost": "true"} if frame.lost else {})
 
     def close(self) -> None:
         engine, self._engine = self._engine, None
@@ -416,9 +382,7 @@ class TextWorldBackend(base.Backend):
     name = NAME
 
     def __init__(self, config: TextWorldConfig | None = None, **options: Any):
-        if config is not None and options:
-            raise InvalidArgument("pass either a TextWorldConfig or options, not both")
-        self.config = config or config_from_options(options)
+        self.config = config_or_options(config, options, config_from_options, "a TextWorldConfig")
         self._challenges = self.config.challenge_list()
         from importlib.metadata import version  # noqa: PLC0415
 

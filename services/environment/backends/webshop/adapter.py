@@ -378,7 +378,14 @@ class _Nav:
     sub: str = ""
 
 
-class HttpEpisode(base.Episode):
+def _choices(page: Page | None, over: bool) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The candidates and action templates of a page (none once the episode is over)."""
+    if over or page is None:
+        return (), ()
+    return tuple(f"click[{c}]" for c in clickables(page)), (SEARCH_TEMPLATE,) if page.has_search else ()
+
+
+class HttpEpisode(base.EpisodeState):
     """An episode on WebShop's web site."""
 
     def __init__(self, site: WebShopSite, summary: base.TaskSummary, goal_index: int, horizon: int):
@@ -389,9 +396,6 @@ class HttpEpisode(base.Episode):
         self.nav = _Nav()
         self.page: Page | None = None
         self.instruction = ""
-        self._steps = 0
-        self._done = False
-        self._score = 0.0
 
     def _load(self, nav: _Nav) -> Page:
         options = repr(nav.options)
@@ -408,20 +412,16 @@ class HttpEpisode(base.Episode):
             html_text = self.site.get("done", self.session, nav.asin, options)
         return parse_page(html_text, nav.kind)
 
-    def _observation(self, text: str, valid: bool = True, truncated: bool = False) -> base.Observation:
-        page = self.page
-        over = self._done
-        cands = () if over or page is None else tuple(f"click[{c}]" for c in clickables(page))
-        templates = (SEARCH_TEMPLATE,) if not over and page is not None and page.has_search else ()
-        return base.Observation(text=text, candidates=cands, action_templates=templates,
-                                reward=self._score if over and not truncated else 0.0, score=self._score,
-                                done=over, won=over and not truncated and self._score >= 1.0, truncated=truncated,
-                                step=self._steps, last_action_valid=valid, info={"page": self.nav.kind})
+    def _page_observation(self, text: str, valid: bool = True, truncated: bool = False) -> base.Observation:
+        cands, templates = _choices(self.page, self._done)
+        return self._observation(text, cands, action_templates=templates, truncated=truncated, valid=valid,
+                                 reward=self._score if self._done and not truncated else 0.0,
+                                 info={"page": self.nav.kind})
 
     def reset(self) -> base.Observation:
         self.page = self._load(self.nav)
         self.instruction = self.page.instruction or self.task.goal
-        return self._observation(render_page(self.page, {}, self.instruction))
+        return self._page_observation(render_page(self.page, {}, self.instruction))
 
     def _next_nav(self, action: str) -> _Nav | None:
         parsed = parse_action(action)
@@ -463,8 +463,7 @@ class HttpEpisode(base.Episode):
         return None
 
     def step(self, action: str) -> base.Observation:
-        if self._done:
-            raise FailedPrecondition("the episode is over; start a new one")
+        self._begin_step()
         self._steps += 1
         nav = self._next_nav(action)
         if nav is None:
@@ -478,26 +477,11 @@ class HttpEpisode(base.Episode):
             if nav.kind == "done":
                 self._done = True
                 self._score = self.page.score or 0.0
-                return self._observation(text)
+                self._won = self._score >= 1.0
+                return self._page_observation(text)
         truncated = self._steps >= self.horizon
         self._done = truncated
-        return self._observation(text, valid, truncated)
-
-    @property
-    def steps(self) -> int:
-        return self._steps
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def won(self) -> bool:
-        return self._done and self.nav.kind == "done" and self._score >= 1.0
-
-    @property
-    def score(self) -> float:
-        return self._score
+        return self._page_observation(text, valid, truncated)
 
 
 # --- the local checkout ------------------------------------------------------------------------------
@@ -524,7 +508,7 @@ class LocalWebShop:
         return self._env_class(observation_mode="html", server=self.server, session_prefix=prefix)
 
 
-class LocalEpisode(base.Episode):
+class LocalEpisode(base.EpisodeState):
     """An episode in a checkout's text environment (pages parsed from its HTML like the site's)."""
 
     def __init__(self, local: LocalWebShop, summary: base.TaskSummary, goal_index: int, horizon: int):
@@ -538,9 +522,6 @@ class LocalEpisode(base.Episode):
         self.instruction = ""
         self.chosen: dict[str, str] = {}
         self.seen: set[str] = set()  # product ids listed or opened so far (lower case)
-        self._steps = 0
-        self._done = False
-        self._score = 0.0
         self._bought = False
 
     def _kind(self) -> str:
@@ -554,22 +535,18 @@ class LocalEpisode(base.Episode):
     def _parse(self) -> Page:
         return parse_page(self.env.state["html"], self._kind())
 
-    def _observation(self, text: str, valid: bool = True, truncated: bool = False) -> base.Observation:
-        over = self._done
+    def _page_observation(self, text: str, valid: bool = True, truncated: bool = False) -> base.Observation:
         page = self.page
-        cands = () if over or page is None else tuple(f"click[{c}]" for c in clickables(page))
-        templates = (SEARCH_TEMPLATE,) if not over and page is not None and page.has_search else ()
-        return base.Observation(text=text, candidates=cands, action_templates=templates,
-                                reward=self._score if self._bought else 0.0, score=self._score, done=over,
-                                won=self._bought and self._score >= 1.0, truncated=truncated, step=self._steps,
-                                last_action_valid=valid, info={"page": page.kind if page else ""})
+        cands, templates = _choices(page, self._done)
+        return self._observation(text, cands, action_templates=templates, truncated=truncated, valid=valid,
+                                 reward=self._score if self._bought else 0.0, info={"page": page.kind if page else ""})
 
     def reset(self) -> base.Observation:
         with self.local.lock:
             self.env.reset(session=self.goal_index)
             self.page = self._parse()
         self.instruction = self.page.instruction or self.task.goal
-        return self._observation(render_page(self.page, {}, self.instruction))
+        return self._page_observation(render_page(self.page, {}, self.instruction))
 
     def apply(self, action: str) -> bool:
         """Step the underlying environment when the action is valid on the page; whether it was."""
@@ -598,11 +575,11 @@ class LocalEpisode(base.Episode):
         if done:
             self._bought = True
             self._score = float(reward)
+            self._won = self._score >= 1.0
         return True
 
     def step(self, action: str) -> base.Observation:
-        if self._done:
-            raise FailedPrecondition("the episode is over; start a new one")
+        self._begin_step()
         self._steps += 1
         valid = self.apply(action)
         text = render_page(self.page, self.chosen, self.instruction)
@@ -613,23 +590,7 @@ class LocalEpisode(base.Episode):
         self._done = self._bought or truncated
         if self._bought:
             text = f"Thank you for shopping with us!\nYour score (min 0.0, max 1.0): {self._score:.2f}"
-        return self._observation(text, valid, truncated)
-
-    @property
-    def steps(self) -> int:
-        return self._steps
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def won(self) -> bool:
-        return self._bought and self._score >= 1.0
-
-    @property
-    def score(self) -> float:
-        return self._score
+        return self._page_observation(text, valid, truncated)
 
 
 # --- the backend -------------------------------------------------------------------------------------

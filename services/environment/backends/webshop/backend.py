@@ -29,7 +29,6 @@ adapter to a real WebShop installation instead (see adapter.py).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import threading
@@ -37,6 +36,10 @@ from collections import OrderedDict
 from typing import Any, Sequence
 
 from services.environment.backends import base
+from services.environment.backends.options import (
+    config_from_options as options_config,
+    config_or_options,
+)
 from services.environment.backends.webshop import experts
 from services.environment.backends.webshop.catalogue import VERSION, Catalogue
 from services.environment.backends.webshop.goals import SPLITS, GoalSet, ShopConfig, parse_task_id, task_id_of
@@ -44,7 +47,7 @@ from services.environment.backends.webshop.search import SearchEngine
 from services.environment.backends.webshop.shop import DONE, Shop, State
 from services.environment.backends.webshop.task import ShopTask
 from services.environment.backends.webshop.data import CATEGORIES
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound
+from services.runtime.errors import InvalidArgument, NotFound
 
 NAME = "webshop"
 ENGINE = f"{NAME}-synthetic {VERSION}"
@@ -68,42 +71,33 @@ def shop_for(products: int, seed: int) -> Shop:
         return shop
 
 
+def _shop_value(key: Any, name: str, raw: Any, default: Any) -> Any:
+    kind = type(default)
+    try:
+        if isinstance(raw, str):
+            text = raw.strip()
+            if kind is int and not re.fullmatch(r"[0-9]{1,12}", text, re.ASCII):
+                raise ValueError(text)
+            if kind is float and not re.fullmatch(r"[0-9]{0,6}(\.[0-9]{1,6})?", text, re.ASCII):
+                raise ValueError(text)
+            return kind(text)
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (kind is int and isinstance(raw, float)):
+            raise ValueError(raw)
+        return kind(raw)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"webshop option {key}={str(raw)[:40]!r} is not a valid {kind.__name__}") from None
+
+
 def config_from_options(options: dict[str, Any]) -> ShopConfig:
     """A ShopConfig from keyword options whose values may be strings (from a command line)."""
-    fields = {f.name: f for f in dataclasses.fields(ShopConfig)}
-    values: dict[str, Any] = {}
-    for key, raw in options.items():
-        name = str(key).replace("-", "_")
-        if name not in fields:
-            raise InvalidArgument(f"unknown webshop option {key!r}; valid options: "
-                                  f"{', '.join(sorted(fields) + ['path', 'server'])}")
-        kind = type(fields[name].default)
-        try:
-            if isinstance(raw, str):
-                text = raw.strip()
-                if kind is int and not re.fullmatch(r"[0-9]{1,12}", text, re.ASCII):
-                    raise ValueError(text)
-                if kind is float and not re.fullmatch(r"[0-9]{0,6}(\.[0-9]{1,6})?", text, re.ASCII):
-                    raise ValueError(text)
-                value: Any = kind(text)
-            elif isinstance(raw, bool) or not isinstance(raw, (int, float)) or (kind is int and isinstance(raw, float)):
-                raise ValueError(raw)
-            else:
-                value = kind(raw)
-        except (ValueError, OverflowError):
-            raise InvalidArgument(f"webshop option {key}={str(raw)[:40]!r} is not a valid {kind.__name__}") from None
-        values[name] = value
-    try:
-        return ShopConfig(**values)
-    except ValueError as exc:
-        raise InvalidArgument(str(exc)) from None
+    return options_config(ShopConfig, options, "webshop", _shop_value, also_valid=("path", "server"))
 
 
 def _whole_word(phrase: str, text: str) -> bool:
     return re.search(r"(?<![\w])" + re.escape(phrase.lower()) + r"(?![\w])", text.lower()) is not None
 
 
-class WebShopEpisode(base.Episode):
+class WebShopEpisode(base.EpisodeState):
     def __init__(self, task: ShopTask, summary: base.TaskSummary, horizon: int):
         self.shop_task = task
         self.shop = task.shop
@@ -111,55 +105,29 @@ class WebShopEpisode(base.Episode):
         self.horizon = horizon
         self.state = State()
         self.actions: list[str] = []
-        self._done = False
-        self._won = False
-        self._score = 0.0
 
-    def _observation(self, text: str, **kw: Any) -> base.Observation:
+    def _shop_observation(self, text: str, **kw: Any) -> base.Observation:
         state = self.state
         over = self._done
-        return base.Observation(text=text, candidates=() if over else self.shop.candidates(state),
-                                action_templates=() if over else self.shop.templates(state),
-                                info={"page": state.page}, **kw)
+        return self._observation(text, () if over else self.shop.candidates(state),
+                                 action_templates=() if over else self.shop.templates(state),
+                                 info={"page": state.page}, **kw)
 
     def reset(self) -> base.Observation:
-        return self._observation(self.shop.render(self.state, self.task.goal))
+        return self._shop_observation(self.shop.render(self.state, self.task.goal))
 
     def step(self, action: str) -> base.Observation:
-        if self._done:
-            raise FailedPrecondition("the episode is over; start a new one")
+        self._begin_step()
         outcome = self.shop.step(self.state, action, self.task.goal)
         self.state = outcome.state
         self.actions.append(action)
-        reward = 0.0
-        text = outcome.text
+        reward, won, text = 0.0, False, outcome.text
         if outcome.bought:
             result = self.shop_task.reward(self.shop.catalogue[self.state.product], self.state.chosen)
-            reward = result.total
-            self._score = reward
-            self._won = result.perfect
-            self._done = True
+            reward, won = result.total, result.perfect
             text = self.shop.render(self.state, self.task.goal, score=reward)
-        truncated = not self._done and len(self.actions) >= self.horizon
-        self._done = self._done or truncated
-        return self._observation(text, reward=reward, score=self._score, done=self._done, won=self._won,
-                                 truncated=truncated, step=len(self.actions), last_action_valid=outcome.valid)
-
-    @property
-    def steps(self) -> int:
-        return len(self.actions)
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    @property
-    def won(self) -> bool:
-        return self._won
-
-    @property
-    def score(self) -> float:
-        return self._score
+        truncated = self._settle(won=won, score=reward, ended=outcome.bought)
+        return self._shop_observation(text, reward=reward, truncated=truncated, valid=outcome.valid)
 
 
 class WebShopBackend(base.Backend):
@@ -168,9 +136,7 @@ class WebShopBackend(base.Backend):
     name = NAME
 
     def __init__(self, config: ShopConfig | None = None, **options: Any):
-        if config is not None and options:
-            raise InvalidArgument("pass either a ShopConfig or options, not both")
-        self.config = config or config_from_options(options)
+        self.config = config_or_options(config, options, config_from_options, "a ShopConfig")
         self.shop = shop_for(self.config.products, self.config.seed)
         self.goals = GoalSet(self.shop.catalogue, self.config)
         self._tasks: OrderedDict[str, ShopTask] = OrderedDict()
