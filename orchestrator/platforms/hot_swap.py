@@ -124,7 +124,8 @@ def swap_one(address: str, checkpoint: common_pb2.CheckpointRef, *, make_current
     current = ""
     attempt = 0
     # TLS when the orchestrator has it configured (LEAP_TLS_CA, ...): replicas are across the network.
-    with make_channel(address) as channel:
+    # No channel-level retries: this loop retries with its own backoff and counts the attempts.
+    with make_channel(address, retry_unavailable=False) as channel:
         stub = student_pb2_grpc.StudentServiceStub(channel)
         for attempt in range(1, attempts + 1):
             try:

@@ -34,19 +34,24 @@ _SERVICE_CONFIG = {
 
 
 def make_channel(address: str, *, max_message_bytes: int = 64 * 1024 * 1024,
-                 tls: ClientTLS | str | None = None, health_check_service: str | None = None) -> grpc.Channel:
+                 tls: ClientTLS | str | None = None, health_check_service: str | None = None,
+                 retry_unavailable: bool = True) -> grpc.Channel:
     """A channel to `address` (host:port or dns:///host:port) with retries and balancing.
 
     tls: a ClientTLS, PLAINTEXT, or None for the process's default (plaintext unless TLS is configured).
     health_check_service: a grpc.health.v1 service name; round robin then sends calls only to the
     replicas that report it SERVING (a replica still loading is skipped, not retried into).
+    retry_unavailable: False for a caller that retries itself and counts its attempts (the hot swap
+    of one replica): the channel then returns UNAVAILABLE at once.
     """
     service_config = dict(_SERVICE_CONFIG)
+    if not retry_unavailable:
+        service_config["methodConfig"] = []
     if health_check_service is not None:
         service_config["healthCheckConfig"] = {"serviceName": health_check_service}
     options = [
         ("grpc.service_config", json.dumps(service_config)),
-        ("grpc.enable_retries", 1),
+        ("grpc.enable_retries", int(retry_unavailable)),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
