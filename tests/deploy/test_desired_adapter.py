@@ -367,7 +367,9 @@ def test_a_restarted_replica_mid_rollout_loses_no_episode(runs, tmp_path, replic
         wait_for(lambda: b.backend.generated[V1] >= 2, what="replica b serving the rollout")
         # The container restarts (same pod IP and port): SIGTERM drains it, then the new process
         # loads its model (held here) and the desired adapter before it reports SERVING.
-        b.stop(grace=5.0)
+        # The deployment gives a student 75 s to drain (terminationGracePeriodSeconds); 30 s here, so a
+        # loaded CI machine finishes the in-flight Acts too (stop returns as soon as they are done).
+        b.stop(grace=30.0)
         model_loaded = threading.Event()
         b2 = replicas(mounts[1], runs, port=b.port, gate=model_loaded, step_delay_s=0.01)
         turned_away = count_turned_away(b2)
