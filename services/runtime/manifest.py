@@ -69,10 +69,13 @@ def parse_manifest(data: bytes, where: str) -> dict:
     return manifest
 
 
-def read_file(path: Path, max_bytes: int) -> bytes:
-    """The bytes of a regular file of at most `max_bytes` (a symlink at `path` itself is not followed)."""
+def read_file(path: Path, max_bytes: int, shown: Path | None = None) -> bytes:
+    """The bytes of a regular file of at most `max_bytes` (a symlink at `path` itself is not followed).
+
+    Errors name `shown` (default: `path`), e.g. the path a client gave rather than what it resolved to."""
+    opened, path = path, shown if shown is not None else path
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(opened, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise NotFound(f"{path} does not exist") from None
     except OSError as exc:

@@ -34,7 +34,6 @@ shared with the trainer (which verifies a parent adapter the same way).
 from __future__ import annotations
 
 import os
-import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +41,14 @@ from typing import Iterable
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, quote
 from services.runtime.files import sha256_bytes
-from services.runtime.manifest import MANIFEST_FILE, check_reference, load_json, parse_manifest, verify_files
+from services.runtime.manifest import (
+    MANIFEST_FILE,
+    check_reference,
+    load_json,
+    parse_manifest,
+    read_file,
+    verify_files,
+)
 from services.runtime.paths import confine
 from services.student.types import CheckpointSpec
 
@@ -116,22 +122,7 @@ def _read(path: Path, max_bytes: int, root: Path | None = None) -> bytes:
         raise FailedPrecondition(f"{path} cannot be resolved") from None
     if root is not None and root not in resolved.parents:
         raise FailedPrecondition(f"{path} is a symlink that leads outside the adapters root")
-    try:
-        fd = os.open(resolved, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise NotFound(f"{path} does not exist") from None
-    except OSError as exc:
-        raise FailedPrecondition(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise FailedPrecondition(f"{path} is not a regular file")
-        if info.st_size > max_bytes:
-            raise FailedPrecondition(f"{path} has {info.st_size} bytes, more than the {max_bytes} accepted for it")
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FailedPrecondition(f"{path} has more than the {max_bytes} bytes accepted for it")
-    return data
+    return read_file(resolved, max_bytes, shown=path)
 
 
 def safetensors_header(data: bytes, name: str = WEIGHTS_FILE) -> dict[str, tuple[str, tuple[int, ...]]]:
