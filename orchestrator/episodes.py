@@ -36,12 +36,19 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)
 
 
+#: Services whose calls do no harm when repeated.
+SIDE_EFFECT_FREE_SERVICES = ("student", "teacher")
+
+
 class ServiceStubs:
     """gRPC stubs for the four services, over channels with retries on UNAVAILABLE."""
 
     def __init__(self, addresses: dict[str, str]):
         self.addresses = dict(addresses)
-        self._channels = {name: make_channel(addr) for name, addr in addresses.items() if addr}
+        # The student and the teacher only compute: their calls may also be retried after a CANCELLED
+        # from a draining replica (services.runtime.channels); an environment's Step may not.
+        self._channels = {name: make_channel(addr, side_effect_free=name in SIDE_EFFECT_FREE_SERVICES)
+                          for name, addr in addresses.items() if addr}
         self.env = environment_pb2_grpc.EnvironmentServiceStub(self._channels["environment"])
         self.student = student_pb2_grpc.StudentServiceStub(self._channels["student"])
         self.teacher = teacher_pb2_grpc.TeacherServiceStub(self._channels["teacher"])

@@ -803,7 +803,7 @@ def use_health_checked_student_channel(leap) -> None:
     from leap.v1 import student_pb2_grpc
     from services.runtime.channels import make_channel
 
-    channel = make_channel(address, health_check_service=STUDENT_HEALTH_SERVICE)
+    channel = make_channel(address, health_check_service=STUDENT_HEALTH_SERVICE, side_effect_free=True)
     channels = getattr(stubs, "_channels", None)
     if isinstance(channels, dict):
         old = channels.get("student")

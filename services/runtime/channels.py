@@ -1,5 +1,11 @@
 """Client channels shared by every caller: retries on UNAVAILABLE, round robin, message limits, TLS.
 
+Channels to side-effect-free services (the student's Act, the teacher's corrections) also retry
+CANCELLED: gRPC core cancels a call that reached a server after its shutdown began but before a
+handler took it, with CANCELLED instead of UNAVAILABLE (grpc/grpc#41785), so a replica that drains
+would otherwise fail the calls that raced its GOAWAY. A retry only happens while no response has
+started, and a call the client itself cancels is never retried.
+
 `dns:///name.namespace.svc:50051` with a headless Kubernetes Service balances across replicas.
 TLS (services.runtime.tls) is used when the caller passes it or the process has it configured
 (`configure_client_tls`, or the LEAP_TLS_CA / LEAP_TLS_CLIENT_CERT / LEAP_TLS_CLIENT_KEY variables).
@@ -16,6 +22,9 @@ from services.runtime.tls import ClientTLS, default_client_tls
 #: Pass as `tls=` to make_channel for a plaintext channel whatever the process's TLS settings say.
 PLAINTEXT = "plaintext"
 
+_RETRYABLE = ["UNAVAILABLE"]
+_RETRYABLE_SIDE_EFFECT_FREE = ["UNAVAILABLE", "CANCELLED"]
+
 _SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "methodConfig": [
@@ -26,7 +35,7 @@ _SERVICE_CONFIG = {
                 "initialBackoff": "0.2s",
                 "maxBackoff": "3s",
                 "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": _RETRYABLE,
             },
         }
     ],
@@ -35,7 +44,7 @@ _SERVICE_CONFIG = {
 
 def make_channel(address: str, *, max_message_bytes: int = 64 * 1024 * 1024,
                  tls: ClientTLS | str | None = None, health_check_service: str | None = None,
-                 retry_unavailable: bool = True) -> grpc.Channel:
+                 retry_unavailable: bool = True, side_effect_free: bool = False) -> grpc.Channel:
     """A channel to `address` (host:port or dns:///host:port) with retries and balancing.
 
     tls: a ClientTLS, PLAINTEXT, or None for the process's default (plaintext unless TLS is configured).
@@ -43,10 +52,14 @@ def make_channel(address: str, *, max_message_bytes: int = 64 * 1024 * 1024,
     replicas that report it SERVING (a replica still loading is skipped, not retried into).
     retry_unavailable: False for a caller that retries itself and counts its attempts (the hot swap
     of one replica): the channel then returns UNAVAILABLE at once.
+    side_effect_free: True when calling twice does no harm (the student, the teacher): CANCELLED from a
+    draining server is retried too (see the module's docstring).
     """
-    service_config = dict(_SERVICE_CONFIG)
+    service_config = json.loads(json.dumps(_SERVICE_CONFIG))
     if not retry_unavailable:
         service_config["methodConfig"] = []
+    elif side_effect_free:
+        service_config["methodConfig"][0]["retryPolicy"]["retryableStatusCodes"] = list(_RETRYABLE_SIDE_EFFECT_FREE)
     if health_check_service is not None:
         service_config["healthCheckConfig"] = {"serviceName": health_check_service}
     options = [

@@ -56,7 +56,7 @@ class StudentClient:
         self.address = address
         self.timeout = timeout
         self._own_channel = channel is None
-        self.channel = channel or make_channel(address)
+        self.channel = channel or make_channel(address, side_effect_free=True)
         self.stub = student_pb2_grpc.StudentServiceStub(self.channel)
         self._health = health_pb2_grpc.HealthStub(self.channel)
 

@@ -28,7 +28,7 @@ class TeacherClient:
         self.address = address
         self.timeout_s = timeout_s
         self._own_channel = channel is None
-        self._channel = channel or make_channel(address, tls=tls)
+        self._channel = channel or make_channel(address, tls=tls, side_effect_free=True)
         self._stub = pb_grpc.TeacherServiceStub(self._channel)
 
     def correct(self, trajectory: common_pb2.Trajectory, *, level: int | None = None, max_retries: int = 0,
