@@ -75,8 +75,12 @@ class EpisodeSettings:
 
 
 def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSettings,
-                         act_hook: Callable[[student_pb2.ActItem], None] | None = None) -> common_pb2.Trajectory:
-    """One episode of the student on a task; returns the whole trajectory."""
+                         act_hook: Callable[[student_pb2.ActItem], None] | None = None,
+                         on_result: Callable[[student_pb2.ActResult], None] | None = None) -> common_pb2.Trajectory:
+    """One episode of the student on a task; returns the whole trajectory.
+
+    act_hook sees every item sent to the student, on_result every answer (e.g. to count its tokens).
+    """
     reset = stubs.env.Reset(environment_pb2.ResetRequest(env=settings.env, task_id=task_id, horizon=settings.horizon),
                             timeout=ENV_TIMEOUT_S)
     session = reset.session_id
@@ -103,6 +107,8 @@ def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSet
             if act_hook is not None:
                 act_hook(item)
             result = stubs.student.Act(student_pb2.ActRequest(items=[item]), timeout=ACT_TIMEOUT_S).results[0]
+            if on_result is not None:
+                on_result(result)
             action = result.action.strip() or INVALID_OUTPUT_ACTION
             nxt = stubs.env.Step(environment_pb2.StepRequest(session_id=session, action=action),
                                  timeout=ENV_TIMEOUT_S).observation

@@ -46,6 +46,7 @@ from orchestrator.platforms.base import BASE_VERSION, Platform, TrainingFailed, 
 from orchestrator.platforms.local import LocalPlatform
 from orchestrator.progress import PhaseProgress, ProgressReporter
 from orchestrator.state import RunState
+from orchestrator.work import StudentWork, training_work
 from services.runtime.experts import EXPERT_KINDS, REFERENCE_EXPERTS
 from services.trainer import methods as training_methods
 from services.runtime.files import atomic_write_json, atomic_write_text
@@ -124,6 +125,8 @@ class LeapRun:
             self.state.save()
         self.env = self.config.environment.name
         self._env_info: environment_pb2.EnvironmentInfo | None = None
+        #: The student's work in the phase being run (orchestrator.work).
+        self.student_work = StudentWork()
         if self.platform is None:
             self.platform = LocalPlatform(self.stubs, self.config.retry)
         self.platform.begin_run(self.run_label)
@@ -171,6 +174,7 @@ class LeapRun:
             "student_model": model.base_model,
             "student_backend": model.backend,
             "student_device": model.device,
+            "student_dtype": model.dtype,
             "teacher": self.config.teacher.backend,
             "realizability_level": self.config.teacher.realizability_level,
             "services": self.stubs.addresses,
@@ -190,7 +194,11 @@ class LeapRun:
             if plays_student(name):
                 self.confirm_latest_adapter()
             self.state.begin(name)
+            self.student_work = StudentWork()
             outputs = self._dispatch(name)
+            work = self.student_work.snapshot() | outputs.pop("work", {})
+            if work:
+                outputs["work"] = work
             self.state.finish(name, outputs)
         return self.results()
 
@@ -245,7 +253,7 @@ class LeapRun:
                 bar.advance(1, info=f"success {100 * wins / done:.0f}%")
 
             outcomes = run_parallel(lambda k: play_student_episode(self.stubs, tasks[k].task_id, settings,
-                                                                   self.act_hook),
+                                                                   self.act_hook, self.student_work.add),
                                     len(tasks), self.config.concurrency, on_done)
         trajectories = [o.value for o in outcomes if o.value is not None]
         errors = [{"task_id": tasks[o.index].task_id, "error": o.error} for o in outcomes if o.value is None]
@@ -415,7 +423,8 @@ class LeapRun:
                 "sha256": job.checkpoint.sha256, "base_model": job.checkpoint.base_model}
         self.state.values.setdefault("checkpoints", {})[str(i)] = ckpt
         self.state.save()
-        return {"job_id": job.job_id, "checkpoint": ckpt, "final_loss": job.progress.loss}
+        return {"job_id": job.job_id, "checkpoint": ckpt, "final_loss": job.progress.loss,
+                "work": training_work(job)}
 
     def _run_training_job(self, base_id: str, spec: trainer_pb2.StartJobRequest, title: str) -> trainer_pb2.Job:
         """Train on the platform; a failed attempt is retried under a new job id (retry.train_attempts)."""

@@ -2,7 +2,8 @@
 
 Rows: the untrained student, BC (iteration 0), each LEAP iteration, and the reference experts
 (searching expert, privileged planner) on the same held-out tasks. Columns per split: success %,
-mean score, mean steps; plus a per-task-type breakdown.
+mean score, mean steps; plus a per-task-type breakdown, and the work of every phase (wall time,
+tokens prefilled, served from cache, decoded and trained: orchestrator.work).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.config import RunConfig
+from orchestrator.work import WORK_COLUMNS
 from services.runtime.experts import REFERENCE_EXPERTS
 from services.runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -43,21 +45,82 @@ def collect_results(run_dir: Path, config: RunConfig) -> dict:
             split: {k: v for k, v in m.items() if k in ("overall", "by_task_type")}
             for split, m in data["splits"].items()}})
     return {"run": config.name, "seed": config.seed, "splits": config.environment.eval_splits,
-            "eval_tasks": config.environment.eval_tasks, "rows": rows}
+            "eval_tasks": config.environment.eval_tasks, "rows": rows, "profile": phase_profile(run_dir)}
+
+
+def phase_profile(run_dir: Path) -> list[dict]:
+    """Every finished phase's wall time and work, from the run's state.json (phases in run order)."""
+    try:
+        state = json.loads((Path(run_dir) / "state.json").read_text())
+    except (OSError, ValueError):
+        return []
+    profile = []
+    for phase in state.get("phases", []):
+        if phase.get("status") != "done":
+            continue
+        seconds = max(0.0, float(phase.get("finished_at", 0.0)) - float(phase.get("started_at", 0.0)))
+        work = (phase.get("outputs") or {}).get("work") or {}
+        profile.append({"phase": phase["name"], "seconds": round(seconds, 2),
+                        **{k: work[k] for k in WORK_COLUMNS if k in work}})
+    return profile
+
+
+def _work_cells(entry: dict) -> list[str]:
+    return [f"{entry['seconds']:.1f}"] + [f"{entry[k]:,.0f}" if k in entry else "" for k in WORK_COLUMNS]
+
+
+_WORK_TITLES = ("phase", "seconds", "student steps", "prefilled tokens", "cached prompt tokens", "decoded tokens",
+                "trained tokens")
+
+
+def work_table(results: dict) -> Table:
+    table = Table(title="work per phase")
+    for i, title in enumerate(_WORK_TITLES):
+        table.add_column(title, justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
+    profile = results.get("profile", [])
+    for entry in profile:
+        table.add_row(entry["phase"], *_work_cells(entry))
+    if profile:
+        table.add_row("total", *_work_cells(_total(profile)), style="bold")
+    return table
+
+
+def _total(profile: list[dict]) -> dict:
+    total = {"seconds": sum(e["seconds"] for e in profile)}
+    for key in WORK_COLUMNS:
+        if any(key in e for e in profile):
+            total[key] = sum(e.get(key, 0) for e in profile)
+    return total
+
+
+def _with_errors(results: dict) -> bool:
+    """Whether any episode of any row errored: the tables then show an errors column (they count as failures)."""
+    return any(o.get("errors") for row in results["rows"] for split in row["splits"].values()
+               if (o := split.get("overall")))
+
+
+def _overall_cells(o: dict | None, errors: bool) -> list[str]:
+    if not o:
+        return ["-"] * (4 if errors else 3)
+    cells = [f"{o['success']:.1f}", f"{o['score']:.2f}", f"{o['mean_steps']:.1f}"]
+    return cells + [str(o.get("errors", 0))] if errors else cells
 
 
 def results_table(results: dict) -> Table:
-    table = Table(title=f"LEAP results ({results['run']}, {results['eval_tasks']} tasks per split)")
+    errors = _with_errors(results)
+    table = Table(title=f"LEAP results ({results['run']}, {results['eval_tasks']} tasks per split)",
+                  caption="errors: episodes that could not be played, counted as failures" if errors else None)
     table.add_column("agent", style="bold")
     for split in results["splits"]:
         table.add_column(f"{split} success %", justify="right")
         table.add_column("score", justify="right")
         table.add_column("steps", justify="right")
+        if errors:
+            table.add_column("errors", justify="right", style="red")
     for row in results["rows"]:
         cells = [row["label"]]
         for split in results["splits"]:
-            o = row["splits"].get(split, {}).get("overall")
-            cells += [f"{o['success']:.1f}", f"{o['score']:.2f}", f"{o['mean_steps']:.1f}"] if o else ["-"] * 3
+            cells += _overall_cells(row["splits"].get(split, {}).get("overall"), errors)
         table.add_row(*cells)
     return table
 
@@ -75,15 +138,23 @@ def task_type_table(results: dict, split: str) -> Table:
 
 
 def markdown(results: dict) -> str:
-    lines = [f"# LEAP results: {results['run']}", "", f"{results['eval_tasks']} held-out tasks per split.", ""]
-    header = "| agent | " + " | ".join(f"{s} success % | score | steps" for s in results["splits"]) + " |"
-    lines += [header, "|" + "---|" * (1 + 3 * len(results["splits"]))]
+    errors = _with_errors(results)
+    lines = [f"# LEAP results: {results['run']}", "", f"{results['eval_tasks']} held-out tasks per split"
+             + (" (errors: episodes that could not be played, counted as failures)." if errors else "."), ""]
+    per_split = "success % | score | steps" + (" | errors" if errors else "")
+    header = "| agent | " + " | ".join(f"{s} {per_split}" for s in results["splits"]) + " |"
+    lines += [header, "|" + "---|" * (1 + (4 if errors else 3) * len(results["splits"]))]
     for row in results["rows"]:
         cells = []
         for split in results["splits"]:
-            o = row["splits"].get(split, {}).get("overall")
-            cells += [f"{o['success']:.1f}", f"{o['score']:.2f}", f"{o['mean_steps']:.1f}"] if o else ["-"] * 3
+            cells += _overall_cells(row["splits"].get(split, {}).get("overall"), errors)
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    profile = results.get("profile", [])
+    if profile:
+        lines += ["", "## Work per phase", "", "| " + " | ".join(_WORK_TITLES) + " |",
+                  "|---|" + "---:|" * (len(_WORK_TITLES) - 1)]
+        for entry in profile + [{"phase": "total", **_total(profile)}]:
+            lines.append(f"| {entry['phase']} | " + " | ".join(_work_cells(entry)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,3 +218,5 @@ def print_report(results: dict, console: Console | None = None) -> None:
     console.print(results_table(results))
     for split in results["splits"]:
         console.print(task_type_table(results, split))
+    if results.get("profile"):
+        console.print(work_table(results))

@@ -58,7 +58,7 @@ class ActRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ActItem, _Mapping]]] = ...) -> None: ...
 
 class ActResult(_message.Message):
-    __slots__ = ("request_id", "reason", "action", "raw_output", "action_valid", "adapter_version", "prompt_tokens", "completion_token_ids", "batch_size")
+    __slots__ = ("request_id", "reason", "action", "raw_output", "action_valid", "adapter_version", "prompt_tokens", "completion_token_ids", "batch_size", "cached_prompt_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class ActResult(_message.Message):
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     COMPLETION_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reason: str
     action: str
@@ -77,7 +78,8 @@ class ActResult(_message.Message):
     prompt_tokens: int
     completion_token_ids: _containers.RepeatedScalarFieldContainer[int]
     batch_size: int
-    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., action: _Optional[str] = ..., raw_output: _Optional[str] = ..., action_valid: _Optional[bool] = ..., adapter_version: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_token_ids: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    cached_prompt_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., action: _Optional[str] = ..., raw_output: _Optional[str] = ..., action_valid: _Optional[bool] = ..., adapter_version: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_token_ids: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
 
 class ActResponse(_message.Message):
     __slots__ = ("results",)

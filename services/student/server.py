@@ -83,7 +83,8 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
             student_pb2.ActResult(
                 request_id=o.request_id, reason=o.reason, action=o.action, raw_output=o.raw_output,
                 action_valid=o.action_valid, adapter_version=o.adapter_version, prompt_tokens=o.prompt_tokens,
-                completion_token_ids=o.completion_token_ids, batch_size=o.batch_size)
+                completion_token_ids=o.completion_token_ids, batch_size=o.batch_size,
+                cached_prompt_tokens=o.cached_prompt_tokens)
             for o in outputs])
 
     def LoadAdapter(self, request, context):

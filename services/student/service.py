@@ -252,7 +252,8 @@ class StudentService:
                 request_id=item.request_id, reason=parsed.reason, action=parsed.action,
                 raw_output=generation.text, action_valid=parsed.valid, adapter_version=record.version,
                 prompt_tokens=generation.prompt_tokens or prompt.token_count,
-                completion_token_ids=list(generation.token_ids), batch_size=generation.batch_size))
+                completion_token_ids=list(generation.token_ids), batch_size=generation.batch_size,
+                cached_prompt_tokens=generation.cached_prompt_tokens))
         return outputs
 
     @staticmethod

@@ -62,6 +62,8 @@ class ActOutput:
     prompt_tokens: int
     completion_token_ids: list[int]
     batch_size: int
+    #: Of prompt_tokens, those served from a cache instead of prefilled.
+    cached_prompt_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -138,3 +140,5 @@ class Generation:
     batch_size: int
     #: "action_line", "eos", "length", "stop" or "action_choice" (a constrained action completed).
     finish_reason: str
+    #: Prompt tokens whose KV came from a cache instead of this row's prefill (0: none or not known).
+    cached_prompt_tokens: int = 0

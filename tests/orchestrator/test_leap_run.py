@@ -20,7 +20,7 @@ import pytest
 
 from leap.v1 import common_pb2, environment_pb2, student_pb2, teacher_pb2, trainer_pb2
 from orchestrator.config import load_config
-from orchestrator.loop import LeapRun, phase_names
+from orchestrator.loop import LeapRun, phase_names, plays_student
 from orchestrator.progress import ProgressReporter
 from services.runtime.files import sha256_file
 
@@ -90,6 +90,12 @@ def task_ref(split: str, k: int) -> common_pb2.TaskRef:
     return common_pb2.TaskRef(env=ENV, split=split, task_id=f"{split}-{k}")
 
 
+#: What the fake student says each answer cost.
+PROMPT_TOKENS, CACHED_TOKENS = 100, 30
+#: What the fake trainer says each job trained on.
+TRAINED_TOKENS = 4321.0
+
+
 class FakeStudent:
     def __init__(self):
         self.adapters: dict[str, student_pb2.AdapterInfo] = {"base": student_pb2.AdapterInfo(version="base")}
@@ -107,7 +113,8 @@ class FakeStudent:
         action = "win" if wins else "look"
         return student_pb2.ActResponse(results=[student_pb2.ActResult(
             request_id=item.request_id, reason="I think so.", action=action, raw_output=action, action_valid=True,
-            adapter_version=item.adapter_version)])
+            adapter_version=item.adapter_version, prompt_tokens=PROMPT_TOKENS, cached_prompt_tokens=CACHED_TOKENS,
+            completion_token_ids=[7] * len(action))])
 
     def LoadAdapter(self, request, timeout=None):
         version = request.checkpoint.version
@@ -207,6 +214,7 @@ class FakeTrainer:
                     self.versions += 1
                     version = f"v{self.versions}"
                     job.state = trainer_pb2.JOB_STATE_SUCCEEDED
+                    job.progress.metrics.update({"train_tokens": TRAINED_TOKENS, "train_seconds": 0.5})
                     job.checkpoint.CopyFrom(common_pb2.CheckpointRef(
                         name="student", version=version, base_model="toy",
                         uri=f"{job.spec.run_dir}/checkpoints/student/{version}"))
@@ -265,7 +273,8 @@ def fingerprint(run_dir: Path) -> dict:
         "datasets": {p.name: sha256_file(p) for p in sorted((run_dir / "datasets").glob("*.jsonl"))},
         "checkpoints": {k: c and c["version"] for k, c in leap_state["values"]["checkpoints"].items()},
         "metrics": metrics,
-        "report": (run_dir / "results.md").read_text(),
+        # The report less its work table, whose wall times differ from run to run.
+        "report": (run_dir / "results.md").read_text().split("## Work per phase")[0],
     }
 
 
@@ -285,6 +294,39 @@ def test_an_uninterrupted_run_does_every_phase_once(reference):
     assert success[0] == 0 and success[1] > 0, "the trained adapter wins what the base model cannot"
     assert sorted(trainer.jobs) == sorted(f"{make_run_id(run_dir)}-iter{i}-a1" for i in (0, 1))
     assert fingerprint(run_dir)["checkpoints"] == {"0": "v1", "1": "v2"}
+
+
+def test_every_phase_records_the_work_it_asked_for(reference):
+    import json
+
+    run_dir, results, _trainer = reference
+    phases = {p["name"]: p["outputs"].get("work", {}) for p in json.loads((run_dir / "state.json").read_text())["phases"]}
+    for name, work in phases.items():
+        if plays_student(name):
+            # one answer per step: every step's prompt, less what the cache held, and its action's tokens
+            steps = sum(len(t.steps) for t in trajectories_of(run_dir, name))
+            assert steps > 0 and work["student_steps"] == steps, (name, work)
+            assert work["prompt_tokens"] == PROMPT_TOKENS * steps
+            assert work["prefilled_tokens"] == (PROMPT_TOKENS - CACHED_TOKENS) * steps
+            assert work["decoded_tokens"] == sum(len(s.action) for t in trajectories_of(run_dir, name) for s in t.steps)
+        elif name.endswith(".train"):
+            assert work == {"trained_tokens": TRAINED_TOKENS, "train_seconds": 0.5}, (name, work)
+        else:
+            assert work == {}, (name, work)
+    profile = {entry["phase"]: entry for entry in results["profile"]}
+    assert list(profile) == list(phases), "every finished phase, in order"
+    assert profile["iter0.train"]["trained_tokens"] == TRAINED_TOKENS
+    report = (run_dir / "results.md").read_text()
+    assert "## Work per phase" in report and "| total |" in report
+
+
+def trajectories_of(run_dir: Path, phase: str) -> list:
+    from orchestrator.datasets import read_trajectories
+
+    names = {"baseline.eval": "baseline-eval-*", "iter0.eval": "iter0-eval-*", "iter1.eval": "iter1-eval-*",
+             "iter1.rollout": "iter1-rollout*"}
+    return [t for path in sorted((run_dir / "trajectories").glob(names[phase] + ".jsonl"))
+            for t in read_trajectories(path)]
 
 
 def make_run_id(run_dir: Path) -> str:

@@ -232,6 +232,25 @@ def test_errored_episodes_count_as_failures_never_dropped():
     assert summarize([], errors=3)["overall"]["success"] == 0.0
 
 
+def test_the_results_tables_show_errored_episodes():
+    from rich.console import Console
+
+    from orchestrator.report import markdown, results_table
+
+    def results(errors: int) -> dict:
+        row = {"name": "iter0", "label": "BC (iter 0)",
+               "splits": {"valid_unseen": summarize([_traj(True, 4), _traj(False, 6)], errors=errors)}}
+        return {"run": "t", "splits": ["valid_unseen"], "eval_tasks": 2 + errors, "rows": [row]}
+
+    with_errors = markdown(results(2))
+    assert "| BC (iter 0) | 25.0 | 0.25 | 5.0 | 2 |" in with_errors and "counted as failures" in with_errors
+    assert "| BC (iter 0) | 50.0 | 0.50 | 5.0 |" in markdown(results(0)) and "errors" not in markdown(results(0))
+    console = Console(width=200, record=True)
+    console.print(results_table(results(2)))
+    text = console.export_text()
+    assert "errors" in text and "counted as failures" in text
+
+
 class _ListEnvironmentsOnly:
     """An environment stub that answers ListEnvironments with the given infos."""
 

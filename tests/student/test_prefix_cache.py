@@ -61,14 +61,37 @@ def test_the_shared_prefix_is_exactly_the_system_message(backends):
 def test_cached_prefill_gives_the_tokens_of_a_full_prefill(backends):
     cached, plain = backends
     messages = _messages()
-    before = metrics.PREFIX_CACHED_TOKENS._value.get()
     expected = _generate(plain, messages)
-    for _ in range(2):  # a miss (computes the entries), then hits
-        assert _generate(cached, messages) == expected
+    assert _generate(cached, messages) == expected  # misses (the entries are computed), or hits
+    before = metrics.PREFIX_CACHED_TOKENS._value.get()
+    assert _generate(cached, messages) == expected  # hits only
+    shared = sum(cached.encode_prompt(m).prefix_tokens for m in messages)
+    assert metrics.PREFIX_CACHED_TOKENS._value.get() - before == shared
     # Alone, and joining a running batch, the answers do not change either.
     assert [_generate(cached, [m])[0] for m in messages[:2]] == expected[:2]
-    shared = sum(cached.encode_prompt(m).prefix_tokens for m in messages)
-    assert metrics.PREFIX_CACHED_TOKENS._value.get() - before >= 2 * shared
+
+
+def test_each_answer_says_how_much_of_its_prompt_came_from_the_cache(backends):
+    cached, plain = backends
+    messages = [{"role": "system", "content": "You are the agent of this one test, which no other test uses: answer "
+                                              "with a reason and an action on two lines, as you are told."},
+                {"role": "user", "content": "Your task is to look around. You are in the middle of a room."}]
+    prompt = cached.encode_prompt(messages)
+    assert prompt.prefix_tokens >= 16
+
+    def answer(backend):
+        request = GenerationRequest(prompt=backend.encode_prompt(messages), sampling=Sampling(max_new_tokens=2),
+                                    version="base", adapter_handle=None)
+        return backend.submit([request])[0].result(timeout=300)
+
+    before = metrics.PREFIX_CACHED_TOKENS._value.get()
+    first = answer(cached)   # a miss: the system message is prefilled for this answer
+    assert (first.prompt_tokens, first.cached_prompt_tokens) == (prompt.token_count, 0)
+    assert metrics.PREFIX_CACHED_TOKENS._value.get() == before
+    second = answer(cached)  # a hit: only the rest is prefilled
+    assert (second.prompt_tokens, second.cached_prompt_tokens) == (prompt.token_count, prompt.prefix_tokens)
+    assert metrics.PREFIX_CACHED_TOKENS._value.get() - before == prompt.prefix_tokens
+    assert answer(plain).cached_prompt_tokens == 0
 
 
 def test_each_adapter_gets_its_own_prefix_cache(backends, trained_adapter):

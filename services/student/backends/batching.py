@@ -24,7 +24,7 @@ class Row:
     """A request inside the scheduler: its prompt, its sampling state and what it generated so far."""
 
     __slots__ = ("request", "future", "enqueued", "generator", "tokens", "position", "max_batch", "started",
-                 "choice")
+                 "choice", "cached_tokens")
 
     def __init__(self, request: GenerationRequest, future: Future, choice: ActionChoice | None = None):
         self.request = request
@@ -36,6 +36,8 @@ class Row:
         self.max_batch = 0
         self.started = 0.0
         self.choice = choice
+        #: Prompt tokens whose KV came from the prefix cache (not prefilled for this row).
+        self.cached_tokens = 0
 
 
 def resolve(future: Future, result: Any) -> None:

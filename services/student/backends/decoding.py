@@ -151,7 +151,8 @@ class RowDecoder:
         metrics.PROMPT_TOKENS.inc(row.request.prompt.token_count)
         resolve(row.future, Generation(text=text, token_ids=list(row.tokens),
                                        prompt_tokens=row.request.prompt.token_count,
-                                       batch_size=row.max_batch, finish_reason=reason))
+                                       batch_size=row.max_batch, finish_reason=reason,
+                                       cached_prompt_tokens=row.cached_tokens))
 
     def fail_row(self, row: Row, exc: Exception) -> None:
         """Fail one row on its own (it leaves the batch; the others go on)."""

@@ -242,7 +242,7 @@ class LocalBackend(Backend):
     def prefill(self, rows: list[Row]) -> Batch:
         for row in rows:
             row.generator = generator_for(row.request.sampling, self.device)
-        prefixes = [self._prefix_for(row) for row in rows]
+        prefixes = [self._prefix_for(row) for row in rows]  # a miss is computed here, for this row
         lengths = [len(row.request.prompt.ids) for row in rows]
         shared = [p[0][0].shape[2] if p else 0 for p in prefixes]
         prefix_width = max(shared)
@@ -261,7 +261,7 @@ class LocalBackend(Backend):
         cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place)
         if prefix_width:
             seed_cache(cache, prefixes, shared, prefix_width)
-            metrics.PREFIX_CACHED_TOKENS.inc(sum(shared))
+            metrics.PREFIX_CACHED_TOKENS.inc(sum(row.cached_tokens for row in rows))  # hits; a miss was prefilled
         out = self.forward(rows, input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
                            position_ids=positions.to(self.device), past_key_values=cache)
         self.can_join = self.can_join and all(is_full_attention(layer) for layer in cache.layers)
@@ -276,6 +276,7 @@ class LocalBackend(Backend):
         key = (row.request.adapter_handle, tuple(ids[:n]))
         cached = self.prefix_cache.get(key)
         if cached is not None:
+            row.cached_tokens = n
             return cached
         cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place)
         self.forward([row], input_ids=torch.tensor([ids[:n]], dtype=torch.long, device=self.device),
