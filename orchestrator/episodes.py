@@ -166,6 +166,11 @@ def list_task_refs(stubs: ServiceStubs, env: str, split: str, offset: int, count
             request.offset = offset
         page = stubs.env.ListTasks(request, timeout=ENV_TIMEOUT_S)
         total = page.total
+        if request.offset and page.tasks and page.offset != request.offset:
+            raise ValueError(
+                f"the environment server at {stubs.addresses.get('environment')} ignored the offset {request.offset} "
+                f"of split {split!r} (it answered from index {page.offset}): it predates ListTasksRequest.offset; "
+                "upgrade it to this release")
         refs.extend(info.task for info in page.tasks[: count - len(refs)])
         token = page.next_page_token
         if not token:

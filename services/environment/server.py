@@ -63,7 +63,7 @@ class EnvironmentServicer(pb_grpc.EnvironmentServiceServicer):
         page = self.sessions.list_tasks(request.env, request.split, request.page_size, request.page_token,
                                         request.offset)
         return pb.ListTasksResponse(tasks=[convert.task_info(request.env, t) for t in page.tasks],
-                                    next_page_token=page.next_page_token, total=page.total)
+                                    next_page_token=page.next_page_token, total=page.total, offset=page.offset)
 
     def Reset(self, request, context):
         result = self.sessions.reset(request.env, request.task_id, request.split, request.seed, request.horizon)

@@ -115,6 +115,8 @@ class TaskPage:
     tasks: list[TaskSummary]
     next_page_token: str
     total: int
+    #: Index in the split of the first task of `tasks`.
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -287,10 +289,10 @@ class EnvironmentSessions:
         if page_token:
             offset = _decode_token(page_token, env, split)
         if offset >= total:
-            return TaskPage([], "", total)
+            return TaskPage([], "", total, offset)
         tasks = backend.list_tasks(split, offset, size)
         end = offset + len(tasks)
-        return TaskPage(tasks, _encode_token(env, split, end) if end < total else "", total)
+        return TaskPage(tasks, _encode_token(env, split, end) if end < total else "", total, offset)
 
     # --- sessions ------------------------------------------------------------------------------------
 

@@ -58,3 +58,46 @@ def test_a_split_too_small_names_the_config_keys(served):
     with pytest.raises(ValueError, match=rf"has only {total} tasks; asked for 2 from index {total - 1} "
                                          r"\(set environment.rollout_offset in the run config\)"):
         list_task_refs(stubs, "household", "valid_unseen", total - 1, 2, "environment.rollout_offset")
+
+
+def test_pages_say_where_they_start(served):
+    from leap.v1 import environment_pb2
+
+    stubs, _backend = served
+    first = stubs.env.ListTasks(environment_pb2.ListTasksRequest(env="household", split="train", page_size=3,
+                                                                 offset=7), timeout=30)
+    assert first.offset == 7 and first.tasks[0].task.task_id == "train-00007"
+    second = stubs.env.ListTasks(environment_pb2.ListTasksRequest(env="household", split="train", page_size=3,
+                                                                  page_token=first.next_page_token), timeout=30)
+    assert second.offset == 10 and second.tasks[0].task.task_id == "train-00010"
+
+
+class OffsetBlindServer(environment_pb2_grpc.EnvironmentServiceServicer):
+    """An environment server from before ListTasksRequest.offset: it lists from the split's start."""
+
+    def ListTasks(self, request, context):
+        from leap.v1 import common_pb2, environment_pb2
+
+        tasks = [environment_pb2.TaskInfo(task=common_pb2.TaskRef(task_id=f"train-{i:05d}"))
+                 for i in range(request.page_size)]
+        return environment_pb2.ListTasksResponse(tasks=tasks, total=500)
+
+
+def test_a_server_that_ignores_the_offset_is_refused_not_trusted():
+    from concurrent import futures
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    environment_pb2_grpc.add_EnvironmentServiceServicer_to_server(OffsetBlindServer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    stubs = SimpleNamespace(env=environment_pb2_grpc.EnvironmentServiceStub(channel),
+                            addresses={"environment": f"127.0.0.1:{port}"})
+    try:
+        # From the start of a split, an old server answers what a new one does.
+        assert [r.task_id for r in list_task_refs(stubs, "household", "train", 0, 2)] == ["train-00000", "train-00001"]
+        with pytest.raises(ValueError, match=r"ignored the offset 100 .* predates ListTasksRequest.offset"):
+            list_task_refs(stubs, "household", "train", 100, 2)
+    finally:
+        channel.close()
+        server.stop(0)
