@@ -57,9 +57,10 @@ class FakeEnvironment:
 
     def ListTasks(self, request, timeout=None):
         size = TRAIN_TASKS if request.split == "train" else EVAL_TASKS
-        return environment_pb2.ListTasksResponse(total=size, tasks=[
+        # One page: every task from the offset on.
+        return environment_pb2.ListTasksResponse(total=size, offset=request.offset, tasks=[
             environment_pb2.TaskInfo(task=task_ref(request.split, k), goal=f"win task {k}", task_type="toy")
-            for k in range(size)])
+            for k in range(request.offset, size)])
 
     def Reset(self, request, timeout=None):
         split = request.task_id.rsplit("-", 1)[0]
