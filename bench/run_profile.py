@@ -88,18 +88,18 @@ def run_leap(environ: dict, preset: str, config: str | None, run_dir: Path) -> f
 
 
 def profile_of(run_dir: Path, model: dict, peak: float) -> list[dict]:
-    """Each phase's work, FLOPs (weights only) and achieved FLOP/s as a share of `peak`."""
-    state = json.loads((run_dir / "state.json").read_text())
+    """Each phase's work (the run report's profile), FLOPs (weights only) and achieved FLOP/s as a share of `peak`."""
+    from orchestrator.report import phase_profile
+
     n = model["params"] - model["embedding_params"]  # the LM head shares the embedding when tied
     head = model["vocab"] * model["width"]
     rows = []
-    for phase in state["phases"]:
-        seconds = max(1e-9, phase["finished_at"] - phase["started_at"])
-        work = phase["outputs"].get("work", {})
+    for work in phase_profile(run_dir):
+        seconds = max(1e-9, work["seconds"])
         flops = (2 * n * work.get("prefilled_tokens", 0) + 2 * (n + head) * work.get("decoded_tokens", 0)
                  + 2 * head * work.get("student_steps", 0) + 4 * n * work.get("trained_tokens", 0))
-        rows.append({"phase": phase["name"], "seconds": round(seconds, 2), **work, "gflop": round(flops / 1e9, 1),
-                     "gflop_per_s": round(flops / seconds / 1e9, 2), "share_of_peak": round(flops / seconds / peak, 4)})
+        rows.append({**work, "gflop": round(flops / 1e9, 1), "gflop_per_s": round(flops / seconds / 1e9, 2),
+                     "share_of_peak": round(flops / seconds / peak, 4)})
     return rows
 
 

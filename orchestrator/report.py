@@ -49,7 +49,8 @@ def collect_results(run_dir: Path, config: RunConfig) -> dict:
 
 
 def phase_profile(run_dir: Path) -> list[dict]:
-    """Every finished phase's wall time and work, from the run's state.json (phases in run order)."""
+    """Every finished phase's wall time and its whole work record, from the run's state.json (phases in run
+    order); the tables show the WORK_COLUMNS of it."""
     try:
         state = json.loads((Path(run_dir) / "state.json").read_text())
     except (OSError, ValueError):
@@ -60,8 +61,7 @@ def phase_profile(run_dir: Path) -> list[dict]:
             continue
         seconds = max(0.0, float(phase.get("finished_at", 0.0)) - float(phase.get("started_at", 0.0)))
         work = (phase.get("outputs") or {}).get("work") or {}
-        profile.append({"phase": phase["name"], "seconds": round(seconds, 2),
-                        **{k: work[k] for k in WORK_COLUMNS if k in work}})
+        profile.append({"phase": phase["name"], "seconds": round(seconds, 2), **work})
     return profile
 
 
