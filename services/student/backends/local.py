@@ -6,6 +6,7 @@
 - `decoding.RowDecoder` and `constrained.ActionConstraint`: each row's next token and when it stops;
 - `prefix_cache`: the KV cache of the shared system message, per adapter;
 - `kv_cache`: decode caches that append in place;
+- `cpu_kernels.DecodeKernelChooser`: oneDNN or torch's own kernels for small bf16 decode steps, measured;
 - `lora.LoraAdapters`: peft's per-row adapters and uniform batches merged into the base weights;
 - `adapter_loading`: reading and verifying a checkpoint before it is injected.
 
@@ -27,6 +28,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -40,6 +42,7 @@ from services.student.backends.adapter_loading import linear_shapes, load_adapte
 from services.student.backends.base import Backend, PreparedAdapter
 from services.student.backends.batching import Batch, Row
 from services.student.backends.constrained import ActionConstraint
+from services.student.backends.cpu_kernels import DecodeKernelChooser, can_switch_onednn, onednn_enabled
 from services.student.backends.decoding import RowDecoder, generator_for
 from services.student.backends.kv_cache import is_full_attention, new_decode_cache
 from services.student.backends.lora import LoraAdapters
@@ -95,6 +98,9 @@ class LocalOptions:
     #: merged in, instead of peft's unmerged LoRA path (False: always unmerged; for comparisons, or
     #: for a model too large for the extra copy of its targeted weights that restoring needs).
     merge_uniform_adapter: bool = True
+    #: For a bf16/fp16 model on a CPU, time the first decode steps of small batches on oneDNN and on
+    #: torch's own kernels and keep the faster per batch size (`cpu_kernels`; False: always oneDNN).
+    choose_decode_kernels: bool = True
 
 
 class LocalBackend(Backend):
@@ -129,6 +135,9 @@ class LocalBackend(Backend):
         self._linear_shapes: dict[str, tuple[int, int]] = {}
         self._base_names: list[str] = []
         self._probe_ids: list[int] = []
+        #: Decode steps hand SDPA an explicit (rows, 1, 1, columns) mask (see `decode`).
+        self._explicit_decode_mask = False
+        self.decode_kernels = DecodeKernelChooser(active=False)
         self._ready = threading.Event()
         self._tokenizer_lock = threading.Lock()
 
@@ -155,6 +164,11 @@ class LocalBackend(Backend):
         self._system_ids = SystemMessageIds(self.tokenizer)
         self.lora = LoraAdapters(self.model, merge_uniform=self.options.merge_uniform_adapter)
         self._probe_ids = list(self.tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"])
+        self._explicit_decode_mask = (self.device == "cpu"
+                                      and getattr(self.model.config, "_attn_implementation", "") == "sdpa")
+        self.decode_kernels = DecodeKernelChooser(
+            active=(self.options.choose_decode_kernels and self.device == "cpu"
+                    and self.dtype in (torch.bfloat16, torch.float16) and can_switch_onednn()))
         self._linear_shapes = linear_shapes(self.model)
         names = {self.options.model, self.spec.location, getattr(self.model.config, "_name_or_path", "")}
         if self._is_default_model():
@@ -295,9 +309,20 @@ class LocalBackend(Backend):
             row.position += 1
         ones = torch.ones((len(batch.rows), 1), dtype=batch.mask.dtype, device=self.device)
         batch.mask = torch.cat([batch.mask, ones], dim=1)
-        out = self.forward(batch.rows, input_ids=last, attention_mask=batch.mask, position_ids=positions,
-                           past_key_values=batch.cache)
-        batch.logits = out.logits[:, -1, :].float()
+        mask = batch.mask
+        if self._explicit_decode_mask:
+            # Without padding, transformers drops a 2D mask and asks SDPA for grouped-query attention
+            # (enable_gqa), which torch's CPU kernel runs 4-7x slower than one query of 1 token per
+            # head group against a given mask (SmolLM2, 1-16 rows). Same scores; bench/engine_bench.py.
+            mask = mask[:, None, None, :].bool()
+        rows = len(batch.rows)
+        onednn = self.decode_kernels.use_onednn(rows)
+        started = time.perf_counter()
+        with nullcontext() if onednn else onednn_enabled(False):
+            out = self.forward(batch.rows, input_ids=last, attention_mask=mask, position_ids=positions,
+                               past_key_values=batch.cache)
+            batch.logits = out.logits[:, -1, :].float()
+        self.decode_kernels.record(rows, onednn, time.perf_counter() - started)
         return batch
 
     # -- adapters --------------------------------------------------------------------------------
