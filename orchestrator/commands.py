@@ -12,7 +12,7 @@ def configure(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="run LEAP end to end (starts the services it needs)",
                          description="Run LEAP: baseline, BC (iteration 0), LEAP iterations, evaluation, report. "
                                      "Services without an address in the config are started locally.")
-    run.add_argument("--config", help="YAML run config (overrides the preset)")
+    run.add_argument("--config", help="YAML run config, layered over the preset (default: the default preset)")
     run.add_argument("--preset", help="named preset: default (the full run) or smoke (a tiny one)")
     run.add_argument("--run-dir", help="where the run is written (default runs/<preset>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run at its first unfinished phase")
@@ -32,7 +32,7 @@ def configure(sub: argparse._SubParsersAction) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from orchestrator.config import load_config
+    from orchestrator.config import load_config, load_snapshot
     from orchestrator.episodes import ServiceStubs
     from orchestrator.launcher import LocalServices
     from orchestrator.loop import LeapRun
@@ -48,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not snapshot.exists():
             console.print(f"[red]{run_dir} is not a run directory (no config.yaml)")
             return 2
-        config = load_config(args.config or snapshot)
+        config = load_config(args.config, args.preset) if args.config else load_snapshot(snapshot)
     else:
         config = load_config(args.config, args.preset)
         run_dir = Path(args.run_dir or f"runs/{config.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -117,13 +117,13 @@ def _audit_hook(path: str):
 def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from orchestrator.config import load_config
+    from orchestrator.config import load_snapshot
     from orchestrator.report import collect_results, print_report
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists():
         Console().print(f"[red]{run_dir} is not a run directory (no config.yaml)")
         return 2
-    config = load_config(run_dir / "config.yaml")
+    config = load_snapshot(run_dir / "config.yaml")
     print_report(collect_results(run_dir, config), Console())
     return 0

@@ -1,8 +1,8 @@
 """Run configuration: a YAML file, a named preset, or both (the file overrides the preset).
 
-Every field has a default; `leap run` with no flags uses the `default` preset. Addresses left empty
-mean "start that service locally on a free loopback port"; set them to use services running
-elsewhere (another machine, a cluster).
+Every field has a default; `leap run` with no flags uses the `default` preset, and a `--config` file
+without `--preset` is layered over it. Addresses left empty mean "start that service locally on a
+free loopback port"; set them to use services running elsewhere (another machine, a cluster).
 """
 
 from __future__ import annotations
@@ -202,17 +202,41 @@ def preset_names() -> list[str]:
 
 def load_config(path: str | Path | None = None, preset: str | None = None,
                 overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Defaults <- preset (default: 'default' when no file is given) <- file <- overrides."""
+    """Built-in defaults <- the preset (`default` unless one is named) <- the file <- overrides.
+
+    A file without a preset is layered over the `default` preset, as `deploy/run/run.yaml` says: its
+    unset keys take the default run's sizes, not the dataclasses' built-ins (which differ: 2
+    iterations, 100 demonstrations, free-form actions, ...). A run's own snapshot is read with
+    `load_snapshot`.
+    """
     config = RunConfig()
-    if preset or not path:
-        name = preset or "default"
-        preset_file = PRESETS_DIR / f"{name}.yaml"
-        if not preset_file.exists():
-            raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
-        _merge(config, yaml.safe_load(preset_file.read_text()) or {}, "")
+    name = preset or "default"
+    preset_file = PRESETS_DIR / f"{name}.yaml"
+    if not preset_file.exists():
+        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(preset_names())}")
+    _merge(config, yaml.safe_load(preset_file.read_text()) or {}, "")
     if path:
-        _merge(config, yaml.safe_load(Path(path).read_text()) or {}, "")
+        _merge(config, _read_yaml(path), "")
     if overrides:
         _merge(config, overrides, "")
     config.validate()
     return config
+
+
+def load_snapshot(path: str | Path) -> RunConfig:
+    """A run directory's `config.yaml`: every key as the run was started, over the built-in defaults.
+
+    Not layered over a preset: a snapshot written before a key existed reads that key's built-in
+    default, whatever today's presets say, so an old run resumes as it was started.
+    """
+    config = RunConfig()
+    _merge(config, _read_yaml(path), "")
+    config.validate()
+    return config
+
+
+def _read_yaml(path: str | Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None

@@ -31,7 +31,7 @@ import yaml
 
 from leap.v1 import common_pb2, environment_pb2, student_pb2, trainer_pb2
 from orchestrator import datasets as ds
-from orchestrator.config import RunConfig, load_config
+from orchestrator.config import RunConfig, load_snapshot
 from orchestrator.episodes import (
     EpisodeSettings,
     ServiceStubs,
@@ -148,7 +148,7 @@ class LeapRun:
                 raise ConfigMismatch(f"{run_dir} already holds a run; use --resume {run_dir} or another --run-dir")
             # Compared as configs, not text: a snapshot written before a field existed reads with that
             # field's default, so runs started by an older release still resume.
-            if load_config(snapshot).to_dict() != config.to_dict():
+            if load_snapshot(snapshot).to_dict() != config.to_dict():
                 raise ConfigMismatch(f"the config differs from the one {run_dir} was started with "
                                      f"({snapshot}); resume with that config or start a new run")
         else:

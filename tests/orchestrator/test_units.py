@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from orchestrator import datasets as ds
-from orchestrator.config import load_config, preset_names
+from orchestrator.config import load_config, load_snapshot, preset_names
 from orchestrator.episodes import derive_seed, summarize
 from services.student.prompts import history_to_send
 from orchestrator.loop import LeapRun, phase_names
@@ -44,7 +45,42 @@ def test_config_snapshot_guards_resume(tmp_path):
     with pytest.raises(RuntimeError, match="config differs"):
         LeapRun.prepare_run_dir(tmp_path, other, resume=True)
     # The snapshot round-trips into the same config.
-    assert load_config(tmp_path / "config.yaml") == config
+    assert load_snapshot(tmp_path / "config.yaml") == config
+
+
+def test_a_config_file_without_a_preset_is_layered_over_the_default_preset(tmp_path):
+    """`deploy/run/run.yaml` names addresses only; its other keys are the default run's, not built-ins."""
+    from orchestrator.config import RunConfig
+
+    default, builtin = load_config(), RunConfig()
+    assert default.student.constrain_action != builtin.student.constrain_action  # the test means something
+    assert default.environment.demo_tasks != builtin.environment.demo_tasks
+    partial = tmp_path / "run.yaml"
+    partial.write_text("name: mine\nenvironment:\n  address: env.example:50051\n  eval_tasks: 7\n")
+    config = load_config(partial)
+    assert (config.name, config.environment.address, config.environment.eval_tasks) == ("mine", "env.example:50051", 7)
+    expected = default.to_dict()
+    expected["name"] = "mine"
+    expected["environment"].update(address="env.example:50051", eval_tasks=7)
+    assert config.to_dict() == expected
+    # A named preset still wins over the default one, and the file over both.
+    smoke = load_config(partial, preset="smoke")
+    assert smoke.iterations == load_config(preset="smoke").iterations and smoke.environment.eval_tasks == 7
+
+
+def test_a_snapshot_reads_over_the_builtins_not_a_preset(tmp_path):
+    """A run started by an older release resumes as it was started, whatever today's presets say."""
+    from orchestrator.config import RunConfig
+
+    old = RunConfig().to_dict()
+    del old["student"]["constrain_action"]          # a key that did not exist when the run started
+    snapshot = tmp_path / "config.yaml"
+    snapshot.write_text(yaml.safe_dump(old))
+    assert load_snapshot(snapshot).student.constrain_action is RunConfig().student.constrain_action
+    assert load_config(snapshot).student.constrain_action is load_config().student.constrain_action
+    snapshot.write_text("student: [unclosed\n")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        load_snapshot(snapshot)
 
 
 def test_phase_order():
