@@ -98,6 +98,10 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix-cache", choices=["on", "off"], default=env_default("prefix-cache", "on"),
                    help="keep the KV cache of the shared system message per adapter and prefill only the rest of "
                         "each prompt (local backend) [LEAP_PREFIX_CACHE]")
+    g.add_argument("--prompt-cache-mb", type=int, default=env_default("prompt-cache-mb", 1024),
+                   help="with --prefix-cache on: keep each prefilled prompt's KV (up to this many MiB, least recently "
+                        "used dropped) and prefill a later prompt only past its longest common prefix with one of "
+                        "them; 0: the system message only (local backend) [LEAP_PROMPT_CACHE_MB]")
     g.add_argument("--merge-adapter", choices=["on", "off"], default=env_default("merge-adapter", "on"),
                    help="run a forward pass whose rows all use one adapter on base weights with that adapter merged "
                         "in; off: peft's unmerged LoRA path (local backend) [LEAP_MERGE_ADAPTER]")
@@ -113,6 +117,8 @@ def build_service(args: argparse.Namespace):
                            act_workers=args.act_workers)
     if args.act_workers < 1:
         raise SystemExit("--act-workers must be at least 1")
+    if args.prompt_cache_mb < 0:
+        raise SystemExit("--prompt-cache-mb must be 0 (off) or more")
     if args.backend == "local":
         from services.student.backends.local import LocalBackend, LocalOptions
         from services.student.checkpoints import CheckpointLimits
@@ -121,6 +127,7 @@ def build_service(args: argparse.Namespace):
             model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
             max_prefill_rows=args.max_prefill_rows, max_wait_ms=args.max_wait_ms, stop_at_action_line=args.stop_at == "action",
             adapters_root=args.adapters_root, prefix_cache=args.prefix_cache == "on",
+            prompt_cache_mb=args.prompt_cache_mb,
             checkpoint_limits=CheckpointLimits(max_weights_bytes=int(args.max_adapter_mb * 1024 * 1024)),
             merge_uniform_adapter=args.merge_adapter == "on"))
     else:

@@ -1,4 +1,5 @@
-"""The system-message KV cache of the local backend: same tokens as a full prefill, per adapter.
+"""The system-message KV cache of the local backend, and the whole-prompt cache that reuses the longest
+common prefix with an earlier prompt: same tokens as a full prefill, per adapter.
 
 Two backends on the real model in fp32 (where a batch's arithmetic does not change greedy choices), one
 with the cache and one without, answer the same prompts: household prompts sharing one system message,
@@ -12,6 +13,7 @@ import pytest
 
 from services.student import metrics
 from services.student.backends.local import LocalBackend, LocalOptions
+from services.student.backends.prefix_cache import PromptCache
 from services.student.prompts import format_target, render_messages
 from services.student.types import GenerationRequest, Sampling
 from tests.student.helpers import FIXED_ACTION, FIXED_REASON, STATES
@@ -29,7 +31,8 @@ def _messages() -> list[list[dict[str, str]]]:
 @pytest.fixture(scope="module")
 def backends(smollm2):
     with smollm2.borrow() as first, smollm2.borrow() as second:  # the second is a model of its own
-        cached = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=True),
+        # The system-message cache alone; `prompt_cache` turns the whole-prompt cache on for one test.
+        cached = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=True, prompt_cache_mb=0),
                               loader=smollm2.loader(first))
         plain = LocalBackend(LocalOptions(dtype="float32", max_batch_size=8, prefix_cache=False),
                              loader=smollm2.loader(second))
@@ -111,3 +114,53 @@ def test_each_adapter_gets_its_own_prefix_cache(backends, trained_adapter):
     decoded = cached.tokenizer.decode(with_adapter[0], skip_special_tokens=True)
     assert len(decoded) > 10 and format_target(FIXED_REASON, FIXED_ACTION).startswith(decoded)
     assert {key[0] for key in cached.prefix_cache.entries} >= {None, handles[0]}
+
+
+@pytest.fixture
+def prompt_cache(backends):
+    cached, _ = backends
+    cached.prompt_cache = PromptCache(max_bytes=64 * 2**20)
+    yield cached.prompt_cache
+    cached.prompt_cache = PromptCache(max_bytes=0)
+
+
+def _episode() -> list[list[dict[str, str]]]:
+    """Three steps of one household episode: each prompt repeats most of the one before."""
+    goal, candidates = "put a clean apple in fridge.", ["go to fridge 1", "go to countertop 1", "open fridge 1", "look"]
+    observations = ["You are in the middle of a room. You see a countertop 1 and a fridge 1.",
+                    "You arrive at countertop 1. On the countertop 1, you see an apple 1.",
+                    "You arrive at fridge 1. The fridge 1 is closed."]
+    actions = ["go to countertop 1", "go to fridge 1"]
+    return [render_messages("household", goal, list(zip(observations[:k], actions[:k])), observations[k], candidates,
+                            history_window=1) for k in range(3)]
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def test_a_later_prompt_reuses_its_longest_common_prefix_with_an_earlier_one(backends, prompt_cache):
+    cached, plain = backends
+    steps = _episode()
+    expected = [_generate(plain, [m])[0] for m in steps]
+    ids = [cached.encode_prompt(m).ids for m in steps]
+    system = cached.encode_prompt(steps[0]).prefix_tokens
+    answers = []
+    for k, messages in enumerate(steps):
+        request = GenerationRequest(prompt=cached.encode_prompt(messages), sampling=Sampling(max_new_tokens=NEW_TOKENS),
+                                    version="base", adapter_handle=None)
+        answers.append(cached.submit([request])[0].result(timeout=300))
+        if k:
+            reusable = max(_common(ids[j], ids[k]) for j in range(k))
+            assert answers[k].cached_prompt_tokens == min(reusable, len(ids[k]) - 1) > system
+    assert [a.token_ids for a in answers] == expected, "reused KV must give the tokens of a full prefill"
+    # The same prompt again: all but its last token come from the cache, and the answer is the same.
+    again = _generate(cached, [steps[2]])
+    assert again == [expected[2]] and len(prompt_cache.entries) == 3
+    # Rows of one batch, each with its own reused prefix length.
+    assert _generate(cached, steps[::-1]) == expected[::-1]
+    prompt_cache.forget(None)
+    assert not prompt_cache.entries

@@ -4,7 +4,8 @@
 - `scheduler.Scheduler`: the thread that owns the model, its request queue and continuous batching;
 - `batching`: rows and the batch they decode in (joining, leaving, trimming padding);
 - `decoding.RowDecoder` and `constrained.ActionConstraint`: each row's next token and when it stops;
-- `prefix_cache`: the KV cache of the shared system message, per adapter;
+- `prefix_cache`: the KV cache of the shared system message, per adapter, and of whole prompts, which
+  later prompts reuse up to their longest common prefix;
 - `kv_cache`: decode caches that append in place;
 - `cpu_kernels.DecodeKernelChooser`: oneDNN or torch's own kernels for small bf16 decode steps, measured;
 - `lora.LoraAdapters`: peft's per-row adapters and uniform batches merged into the base weights;
@@ -46,7 +47,7 @@ from services.student.backends.cpu_kernels import DecodeKernelChooser, can_switc
 from services.student.backends.decoding import RowDecoder, generator_for
 from services.student.backends.kv_cache import is_full_attention, new_decode_cache
 from services.student.backends.lora import LoraAdapters
-from services.student.backends.prefix_cache import PrefixCache, PrefixKV, SystemMessageIds, seed_cache
+from services.student.backends.prefix_cache import PrefixCache, PrefixKV, PromptCache, SystemMessageIds, seed_cache
 from services.student.backends.scheduler import Scheduler
 from services.student.checkpoints import CheckpointLimits
 from services.student.prompts import chat_prompt
@@ -91,6 +92,10 @@ class LocalOptions:
     prefix_cache: bool = True
     #: System-message caches kept (one per system message and adapter), least recently used dropped.
     prefix_cache_entries: int = 16
+    #: With prefix_cache: keep every prefilled prompt's KV (up to this many MiB, least recently used
+    #: dropped) and prefill a new prompt only past its longest common prefix with one of them (0: the
+    #: system message only). An agent's next prompt repeats most of its last one.
+    prompt_cache_mb: int = 1024
     #: Keep the KV cache in buffers with spare columns, written in place each decode step (False:
     #: transformers' DynamicLayer, which concatenates the whole cache every step; for comparisons).
     kv_append_in_place: bool = True
@@ -124,6 +129,8 @@ class LocalBackend(Backend):
         self.lora: LoraAdapters | None = None  # once the model is loaded
         self.prefix_cache = PrefixCache(enabled=self.options.prefix_cache,
                                         max_entries=self.options.prefix_cache_entries)
+        self.prompt_cache = PromptCache(
+            max_bytes=self.options.prompt_cache_mb * 2**20 if self.options.prefix_cache else 0)
         self.scheduler = Scheduler(self, max_batch_size=self.options.max_batch_size,
                                    max_prefill_rows=self.options.max_prefill_rows,
                                    max_wait_ms=self.options.max_wait_ms)
@@ -279,12 +286,19 @@ class LocalBackend(Backend):
         out = self.forward(rows, input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
                            position_ids=positions.to(self.device), past_key_values=cache)
         self.can_join = self.can_join and all(is_full_attention(layer) for layer in cache.layers)
+        self.prompt_cache.put_rows([row.request.adapter_handle for row in rows],
+                                   [row.request.prompt.ids for row in rows], cache, mask)
         return Batch(rows, cache, mask.to(self.device), out.logits[:, -1, :].float())
 
     def _prefix_for(self, row: Row) -> PrefixKV | None:
-        """The cached system-message KV of this row's prompt and adapter, computed on a miss."""
+        """The cached KV of this row's prompt's longest known prefix: an earlier prompt's, else the
+        system message's (computed on a miss)."""
         n = row.request.prompt.prefix_tokens
         ids = row.request.prompt.ids
+        reused = self.prompt_cache.longest(row.request.adapter_handle, ids) if self.prefix_cache.enabled else None
+        if reused is not None and reused[1] >= n:
+            row.cached_tokens = reused[1]
+            return reused[0]
         if not self.prefix_cache.usable(n, len(ids)):
             return None
         key = (row.request.adapter_handle, tuple(ids[:n]))
@@ -337,6 +351,7 @@ class LocalBackend(Backend):
 
         def inject() -> None:
             self.prefix_cache.forget(handle)
+            self.prompt_cache.forget(handle)
             probe = torch.tensor([self._probe_ids], dtype=torch.long, device=self.device)
             self.lora.inject(handle, config, state, str(files.directory), probe)
             metrics.LOADED_ADAPTERS.set(self.lora.count)
@@ -348,6 +363,7 @@ class LocalBackend(Backend):
         def delete() -> None:
             if self.lora.remove(handle):
                 self.prefix_cache.forget(handle)
+                self.prompt_cache.forget(handle)
                 metrics.LOADED_ADAPTERS.set(self.lora.count)
                 log.info("adapter unloaded", extra={"handle": handle})
 

@@ -8,12 +8,20 @@ from the end of the system message, so the row computes what it would have compu
 
 `SystemMessageIds` finds, on the tokenizer's side, how many leading ids of a prompt are its system
 message alone; `PrefixCache` keeps the KV entries; `seed_cache` lays them into a batch's cache.
+
+`PromptCache` goes further: it keeps every prefilled prompt's KV (per adapter, bounded in bytes) and
+a later prompt starts from the longest common prefix it shares with any of them. An agent's next
+step repeats most of its last prompt (system message, task, the notes up to the first line that
+changed), so that part is not prefilled again; nothing about the prompt changes, only what is
+recomputed.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from services.student.backends.kv_cache import is_full_attention
@@ -95,6 +103,86 @@ class PrefixCache:
         """Drop every entry of one adapter (its weights changed or it was removed)."""
         for key in [k for k in self.entries if k[0] == handle]:
             del self.entries[key]
+
+
+@dataclass
+class _Prompt:
+    ids: np.ndarray
+    kv: PrefixKV
+    nbytes: int
+
+
+class PromptCache:
+    """Prompts' KV after their prefill, keyed by (adapter handle, ids); reused up to the longest common
+    prefix with a new prompt. Least recently used entries are dropped beyond `max_bytes`."""
+
+    def __init__(self, *, max_bytes: int):
+        self.max_bytes = max(0, int(max_bytes))
+        #: False when disabled (max_bytes 0), or once the model turned out not to be full attention.
+        self.enabled = self.max_bytes > 0
+        self.entries: OrderedDict[tuple[str | None, tuple[int, ...]], _Prompt] = OrderedDict()
+        self.nbytes = 0
+
+    def longest(self, handle: str | None, ids: list[int]) -> tuple[PrefixKV, int] | None:
+        """The KV of the longest prefix of `ids` that a kept prompt of `handle` starts with, and its
+        length: at least MIN_PREFIX_TOKENS, and one token short of `ids` at most (the last prompt token
+        is always prefilled: its scores start the answer). None when no prompt qualifies."""
+        if not self.enabled or not self.entries:
+            return None
+        wanted = np.asarray(ids, dtype=np.int64)
+        best_key, best = None, 0
+        for key, entry in self.entries.items():
+            if key[0] != handle:
+                continue
+            n = min(len(entry.ids), len(wanted) - 1)
+            if n <= best:
+                continue
+            differ = np.flatnonzero(entry.ids[:n] != wanted[:n])
+            common = int(differ[0]) if differ.size else n
+            if common > best:
+                best_key, best = key, common
+        if best_key is None or best < MIN_PREFIX_TOKENS:
+            return None
+        self.entries.move_to_end(best_key)
+        kv = self.entries[best_key].kv
+        return [(k[:, :, :best], v[:, :, :best]) for k, v in kv], best
+
+    def put_rows(self, handles: list[str | None], prompts: list[list[int]], cache, mask: torch.Tensor) -> None:
+        """Keep each row's prompt KV from a batch `cache` just prefilled: row i's prompt tokens are the
+        columns where `mask[i]` is 1, in order."""
+        if not self.enabled:
+            return
+        if not all(is_full_attention(layer) for layer in cache.layers):
+            self.enabled = False
+            self.clear()
+            return
+        for i, (handle, ids) in enumerate(zip(handles, prompts)):
+            columns = mask[i].nonzero().squeeze(1).to(cache.layers[0].keys.device)
+            if columns.numel() != len(ids):
+                continue  # not laid out as this method expects: keep nothing rather than a wrong KV
+            kv = [(layer.keys[i:i + 1].index_select(2, columns), layer.values[i:i + 1].index_select(2, columns))
+                  for layer in cache.layers]
+            nbytes = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in kv)
+            if nbytes > self.max_bytes:
+                continue
+            key = (handle, tuple(ids))
+            old = self.entries.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.nbytes
+            self.entries[key] = _Prompt(np.asarray(ids, dtype=np.int64), kv, nbytes)
+            self.nbytes += nbytes
+            while self.nbytes > self.max_bytes:
+                _, dropped = self.entries.popitem(last=False)
+                self.nbytes -= dropped.nbytes
+
+    def forget(self, handle: str | None) -> None:
+        """Drop every prompt of one adapter (its weights changed or it was removed)."""
+        for key in [k for k in self.entries if k[0] == handle]:
+            self.nbytes -= self.entries.pop(key).nbytes
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.nbytes = 0
 
 
 def seed_cache(cache, prefixes: list[PrefixKV | None], shared: list[int], width: int) -> None:
