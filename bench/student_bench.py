@@ -111,7 +111,9 @@ def main() -> int:
     result: dict = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                                 "python": platform.python_version(), "torch": torch.__version__,
                                 "transformers": transformers.__version__, "load_average_start": load_average()}}
-    backend = LocalBackend(LocalOptions(max_batch_size=8, max_wait_ms=10, stop_at_action_line=False))
+    # The whole-prompt cache is off: this bench sends the same prompts again and again, which would let
+    # the service skip prefills that raw `generate` must do. Its effect on LEAP runs is in the run profile.
+    backend = LocalBackend(LocalOptions(max_batch_size=8, max_wait_ms=10, stop_at_action_line=False, prompt_cache_mb=0))
     service = StudentService(backend, StudentLimits(default_max_new_tokens=args.max_new_tokens, max_items=8))
     host, startup = start_in_background(service, ServerConfig(port=0, log_format="text", log_level="warning"))
     client = StudentClient(f"127.0.0.1:{host.port}", timeout=600)
@@ -314,7 +316,7 @@ def main() -> int:
         print(json.dumps(result["wide_batch"]["paths"][-1]), flush=True)
         for in_place in (True, False):
             wide_backend = LocalBackend(LocalOptions(max_batch_size=args.wide, max_wait_ms=50, stop_at_action_line=False,
-                                                     kv_append_in_place=in_place))
+                                                     kv_append_in_place=in_place, prompt_cache_mb=0))
             wide_backend.start()
             try:
                 def wide_requests():
