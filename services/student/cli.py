@@ -101,7 +101,9 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prompt-cache-mb", type=int, default=env_default("prompt-cache-mb", 1024),
                    help="with --prefix-cache on: keep each prefilled prompt's KV (up to this many MiB, least recently "
                         "used dropped) and prefill a later prompt only past its longest common prefix with one of "
-                        "them; 0: the system message only (local backend) [LEAP_PROMPT_CACHE_MB]")
+                        "them; 0: the system message only. A client can time whether a prefix was seen before: "
+                        "use 0 where clients must not learn about each other's prompts (local backend) "
+                        "[LEAP_PROMPT_CACHE_MB]")
     g.add_argument("--merge-adapter", choices=["on", "off"], default=env_default("merge-adapter", "on"),
                    help="run a forward pass whose rows all use one adapter on base weights with that adapter merged "
                         "in; off: peft's unmerged LoRA path (local backend) [LEAP_MERGE_ADAPTER]")
