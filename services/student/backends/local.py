@@ -287,7 +287,8 @@ class LocalBackend(Backend):
                            position_ids=positions.to(self.device), past_key_values=cache)
         self.can_join = self.can_join and all(is_full_attention(layer) for layer in cache.layers)
         self.prompt_cache.put_rows([row.request.adapter_handle for row in rows],
-                                   [row.request.prompt.ids for row in rows], cache, mask)
+                                   [row.request.prompt.ids for row in rows], cache, mask,
+                                   [row.reused_prompt for row in rows])
         return Batch(rows, cache, mask.to(self.device), out.logits[:, -1, :].float())
 
     def _prefix_for(self, row: Row) -> PrefixKV | None:
@@ -296,9 +297,9 @@ class LocalBackend(Backend):
         n = row.request.prompt.prefix_tokens
         ids = row.request.prompt.ids
         reused = self.prompt_cache.longest(row.request.adapter_handle, ids) if self.prefix_cache.enabled else None
-        if reused is not None and reused[1] >= n:
-            row.cached_tokens = reused[1]
-            return reused[0]
+        if reused is not None and reused.tokens >= n:
+            row.cached_tokens, row.reused_prompt = reused.tokens, reused.key
+            return reused.kv
         if not self.prefix_cache.usable(n, len(ids)):
             return None
         key = (row.request.adapter_handle, tuple(ids[:n]))

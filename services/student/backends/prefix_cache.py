@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -105,6 +106,14 @@ class PrefixCache:
             del self.entries[key]
 
 
+class Reuse(NamedTuple):
+    """A prompt's reusable prefix: its KV, how many tokens, and the kept prompt it came from."""
+
+    kv: PrefixKV
+    tokens: int
+    key: tuple[str | None, tuple[int, ...]]
+
+
 @dataclass
 class _Prompt:
     ids: np.ndarray
@@ -114,7 +123,8 @@ class _Prompt:
 
 class PromptCache:
     """Prompts' KV after their prefill, keyed by (adapter handle, ids); reused up to the longest common
-    prefix with a new prompt. Least recently used entries are dropped beyond `max_bytes`."""
+    prefix with a new prompt. A prompt that reused an entry replaces it (an episode keeps one entry, its
+    latest step), and least recently used entries are dropped beyond `max_bytes`."""
 
     def __init__(self, *, max_bytes: int):
         self.max_bytes = max(0, int(max_bytes))
@@ -123,7 +133,7 @@ class PromptCache:
         self.entries: OrderedDict[tuple[str | None, tuple[int, ...]], _Prompt] = OrderedDict()
         self.nbytes = 0
 
-    def longest(self, handle: str | None, ids: list[int]) -> tuple[PrefixKV, int] | None:
+    def longest(self, handle: str | None, ids: list[int]) -> Reuse | None:
         """The KV of the longest prefix of `ids` that a kept prompt of `handle` starts with, and its
         length: at least MIN_PREFIX_TOKENS, and one token short of `ids` at most (the last prompt token
         is always prefilled: its scores start the answer). None when no prompt qualifies."""
@@ -145,11 +155,13 @@ class PromptCache:
             return None
         self.entries.move_to_end(best_key)
         kv = self.entries[best_key].kv
-        return [(k[:, :, :best], v[:, :, :best]) for k, v in kv], best
+        return Reuse([(k[:, :, :best], v[:, :, :best]) for k, v in kv], best, best_key)
 
-    def put_rows(self, handles: list[str | None], prompts: list[list[int]], cache, mask: torch.Tensor) -> None:
+    def put_rows(self, handles: list[str | None], prompts: list[list[int]], cache, mask: torch.Tensor,
+                 replaces: list[tuple | None] | None = None) -> None:
         """Keep each row's prompt KV from a batch `cache` just prefilled: row i's prompt tokens are the
-        columns where `mask[i]` is 1, in order."""
+        columns where `mask[i]` is 1, in order. `replaces[i]`: the entry row i reused, dropped once the
+        row's own prompt (which starts with everything reused) is kept."""
         if not self.enabled:
             return
         if not all(is_full_attention(layer) for layer in cache.layers):
@@ -171,6 +183,9 @@ class PromptCache:
                 self.nbytes -= old.nbytes
             self.entries[key] = _Prompt(np.asarray(ids, dtype=np.int64), kv, nbytes)
             self.nbytes += nbytes
+            superseded = replaces[i] if replaces else None
+            if superseded is not None and superseded != key and superseded in self.entries:
+                self.nbytes -= self.entries.pop(superseded).nbytes
             while self.nbytes > self.max_bytes:
                 _, dropped = self.entries.popitem(last=False)
                 self.nbytes -= dropped.nbytes
