@@ -164,8 +164,10 @@ def test_namespaces_and_mounts_are_closed(env, victim):
     ("busy loop", "while :; do :; done"),
     ("fill the disk", "for i in $(seq 1 8); do head -c 7M /dev/zero > /tmp/fill$i; done; df -m /tmp | tail -1"),
     ("memory", "python3 -c \"b = b'x' * (1 << 30)\""),
-    ("memory together", "for i in 1 2 3; do python3 -c \"import time; b = b'x' * (220 << 20); time.sleep(30)\" & "
-                        "done; wait"),
+    # Three processes, each under the per-process limit, together over the sandbox's budget. One
+    # interpreter forks the other two, so a loaded machine still reaches the budget well inside the 2 s.
+    ("memory together", "python3 -c \"import os, time\nfor _ in range(2):\n    if os.fork() == 0: break\n"
+                        "b = b'x' * (220 << 20); time.sleep(30)\""),
     ("background survivor", "nohup sleep 100000 > /dev/null 2>&1 &"),
     ("no newline", "head -c 100000 /dev/zero | tr '\\0' 'a'"),
     ("binary", "head -c 2000 /dev/urandom"),
