@@ -133,8 +133,26 @@ def markdown(result: dict) -> str:
                      ("student_steps", "prefilled_tokens", "cached_prompt_tokens", "decoded_tokens", "trained_tokens")]
             lines.append(f"| {r['phase']} | {r['seconds']:.1f} | " + " | ".join(cells) +
                          f" | {r['gflop']:.1f} | {r['gflop_per_s']:.1f} | {100 * r['share_of_peak']:.1f} |")
+        if run.get("success_table"):
+            lines += ["", "What the run learned (its results table):", "", *run["success_table"]]
         lines.append("")
     return "\n".join(lines)
+
+
+def success_table(run_dir: Path) -> list[str]:
+    """The agents' success table of the run's report (results.md), as markdown lines; [] without a report."""
+    try:
+        text = (run_dir / "results.md").read_text()
+    except OSError:
+        return []
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("| agent")), None)
+    if start is None:
+        return []
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
 
 
 def main() -> None:
@@ -143,6 +161,9 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="a run config layered over the preset")
     parser.add_argument("--isa", nargs="+", default=list(ISA_SETTINGS), choices=list(ISA_SETTINGS))
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="keep each run's directory as DIR/<isa> (checkpoints, trajectories, results) instead of "
+                             "deleting it")
     args = parser.parse_args()
     import torch
 
@@ -156,15 +177,19 @@ def main() -> None:
         peak = measure_peak(environ)
         print(json.dumps({"isa": isa, "peak": peak}), flush=True)
         with tempfile.TemporaryDirectory(prefix="run-profile-") as tmp:
-            run_dir = Path(tmp) / "run"
+            run_dir = Path(args.keep) / isa if args.keep else Path(tmp) / "run"
+            if run_dir.exists():
+                raise SystemExit(f"{run_dir} exists: --keep needs a directory without a run of that name")
             wall = run_leap(environ, args.preset, args.config, run_dir)
             dtype = json.loads((run_dir / "manifest.json").read_text()).get("student_dtype", "")
             dtype_peak = peak["bf16_flops"] if "bf16" in dtype or "bfloat16" in dtype else peak["fp32_flops"]
             phases = profile_of(run_dir, peak, dtype_peak)
+            outcome = success_table(run_dir)
         total = totals(phases)
         run = {"environment": " ".join(f"{k}={v}" for k, v in ISA_SETTINGS[isa].items()), "wall_s": round(wall, 1),
                "student_dtype": dtype, "peak": peak, "phases": phases, "totals": total,
-               "share_of_peak": round(total["gflop"] * 1e9 / max(total["seconds"], 1e-9) / dtype_peak, 4)}
+               "share_of_peak": round(total["gflop"] * 1e9 / max(total["seconds"], 1e-9) / dtype_peak, 4),
+               "success_table": outcome}
         result["runs"][isa] = run
         print(json.dumps({"isa": isa, "wall_s": run["wall_s"], "totals": total}), flush=True)
     result["machine"]["load_average_after"] = list(os.getloadavg())
