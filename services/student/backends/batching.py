@@ -4,7 +4,8 @@ A `Row` is one request inside the scheduler (its sampling state and the tokens i
 A `Batch` is the rows that decode together with their shared KV cache, attention mask and next-token
 logits. Rows join a running batch between decode steps (`merge_batches`: the shorter cache and mask
 are left-padded to the longer one's width) and leave it as soon as they are done (`select_rows`,
-which also drops cache columns that became padding for every remaining row).
+which also drops cache columns that became padding for every remaining row). Neither copies the
+running rows' cache where its buffers have room (kv_cache.AppendLayer).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from services.student.backends.constrained import ActionChoice
-from services.student.backends.kv_cache import drop_leading, merge_into
+from services.student.backends.kv_cache import drop_leading, merge_into, retire_rows
 from services.student.types import GenerationRequest
 
 
@@ -86,16 +87,19 @@ def merge_batches(running: Batch, joined: Batch) -> Batch:
 
 
 def select_rows(batch: Batch, keep: list[int], *, trim: bool) -> Batch | None:
-    """Keep the rows at indices `keep` (None when none is left); `trim`: also drop all-padding columns."""
+    """Keep the rows at indices `keep` (None when none is left); `trim`: also drop all-padding columns.
+
+    The kept rows may come back in another order (later rows fill the places of finished ones, see
+    kv_cache.retire_rows): `batch.rows`, the mask, the logits and the cache stay aligned row for row."""
     if len(keep) == len(batch.rows):
         return batch
     if not keep:
         return None
-    index = torch.tensor(keep, dtype=torch.long, device=batch.mask.device)
-    batch.cache.batch_select_indices(index)
+    order = retire_rows(batch.cache, keep)  # the kept rows, possibly reordered (see kv_cache)
+    index = torch.tensor(order, dtype=torch.long, device=batch.mask.device)
     batch.mask = batch.mask[index]
     batch.logits = batch.logits[index]
-    batch.rows = [batch.rows[i] for i in keep]
+    batch.rows = [batch.rows[i] for i in order]
     if trim:
         trim_left(batch)
     return batch
