@@ -163,3 +163,28 @@ def test_random_decode_loop_operations_agree_with_dynamic_layer():
                 plain.keys, plain.values = plain.keys[:, :, cut:], plain.values[:, :, cut:]
             assert same(plain, fast), (trial, op, choice)
             assert torch.isfinite(fast.keys).all() and torch.isfinite(fast.values).all()
+
+
+def test_spare_rows_never_go_past_the_batch_limit():
+    """A spare row costs as much memory as a used one: none is made past `max_rows`, and a merge hands
+    the running batch its limit."""
+    from services.student.backends.kv_cache import ROW_GROW
+
+    unbounded, capped, exact = AppendLayer(), AppendLayer(max_rows=5), AppendLayer(max_rows=3)
+    for layer in (unbounded, capped, exact):
+        layer.update(*kv(3, 4, seed=7))
+    assert unbounded._key_buffer.shape[0] == 3 + ROW_GROW
+    assert capped._key_buffer.shape[0] == 5 and exact._key_buffer.shape[0] == 3
+    assert capped._value_buffer.shape[0] == 5
+    for step in range(GROW + 1):                               # a column rebuild keeps the cap
+        exact.update(*kv(3, 1, seed=200 + step))
+    assert exact._key_buffer.shape[0] == 3
+    plain = DynamicLayer()
+    plain.update(exact.keys.clone(), exact.values.clone())
+    joined_plain, joined = DynamicLayer(), AppendLayer(max_rows=2)
+    for layer in (joined_plain, joined):
+        layer.update(*kv(2, 5, seed=8))
+    merge_into(plain, joined_plain, exact.keys.shape[2])
+    merge_into(exact, joined, exact.keys.shape[2], max_rows=6)  # no spare rows: rebuilt, up to 6 rows
+    assert same(plain, exact) and exact.max_rows == 6 and exact._key_buffer.shape[0] == 6
+

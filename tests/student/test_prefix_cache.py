@@ -164,3 +164,30 @@ def test_a_later_prompt_reuses_its_longest_common_prefix_with_an_earlier_one(bac
     assert _generate(cached, steps[::-1]) == expected[::-1]
     prompt_cache.forget(None)
     assert not prompt_cache.entries
+
+
+def test_prefills_and_cached_prefixes_hold_no_spare_rows(backends, monkeypatch):
+    """A prefill's cache is merged into the running batch and dropped, or kept as a cached prefix:
+    spare rows there are memory nobody writes (16 of them beside a 16-row prefill doubled it, and a
+    cached system message held 17 rows for its one)."""
+    from services.student.backends.kv_cache import GROW
+
+    cached, _ = backends
+    prefilled = []
+    prefill = cached.prefill
+
+    def spy(rows):
+        batch = prefill(rows)
+        prefilled.append((len(rows), {layer._key_buffer.shape[0] for layer in batch.cache.layers}))
+        return batch
+
+    monkeypatch.setattr(cached, "prefill", spy)
+    cached.prefix_cache.entries.clear()
+    _generate(cached, _messages()[:3])
+    assert prefilled and all(buffers == {rows} for rows, buffers in prefilled), prefilled
+    assert cached.prefix_cache.entries
+    for entry in cached.prefix_cache.entries.values():
+        for keys, values in entry:
+            for t in (keys, values):   # a view of one row and its spare columns, nothing more
+                assert t.shape[0] == 1
+                assert t.untyped_storage().nbytes() <= t[0, :, :1].numel() * t.element_size() * (t.shape[2] + GROW)

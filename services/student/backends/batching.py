@@ -71,15 +71,16 @@ class Batch:
         self.logits = logits
 
 
-def merge_batches(running: Batch, joined: Batch) -> Batch:
-    """Concatenate two batches into `running`: left-pad the shorter cache (and mask) to the longer length."""
+def merge_batches(running: Batch, joined: Batch, *, max_rows: int | None = None) -> Batch:
+    """Concatenate two batches into `running`: left-pad the shorter cache (and mask) to the longer length.
+    `max_rows`: the most rows the running batch may ever hold (no spare cache rows are made past it)."""
     width = max(running.mask.shape[1], joined.mask.shape[1])
 
     def widen(mask: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.pad(mask, (width - mask.shape[1], 0))
 
     for layer_a, layer_b in zip(running.cache.layers, joined.cache.layers):
-        merge_into(layer_a, layer_b, width)
+        merge_into(layer_a, layer_b, width, max_rows=max_rows)
     running.mask = torch.cat([widen(running.mask), widen(joined.mask)], dim=0)
     running.logits = torch.cat([running.logits, joined.logits], dim=0)
     running.rows = running.rows + joined.rows

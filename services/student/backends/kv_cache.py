@@ -6,7 +6,8 @@ per step). `AppendLayer` keeps them as views of buffers with spare sequence colu
 decode step writes one column, and only a full buffer is copied (into one with room for
 `GROW` more steps). Dropping leading padding columns moves the view's start, no copy.
 
-The buffers also keep spare rows. Rows that finish leave by `retire_rows`: the last rows move into
+The buffers also keep spare rows (up to `ROW_GROW`, never past the batch's `max_rows`: a spare row
+costs as much memory as a used one). Rows that finish leave by `retire_rows`: the last rows move into
 their slots (one row's copy per finished row, instead of copying every row that stays), and the
 batch's row order changes accordingly. Newcomers join by `merge_into`, written into spare rows and,
 where they are longer than the running rows, into the columns left of the view: nothing of the
@@ -25,15 +26,21 @@ from transformers.cache_utils import DynamicLayer
 
 #: Spare sequence columns allocated whenever a buffer is (re)made.
 GROW = 64
-#: Spare rows allocated whenever a buffer is (re)made: room for newcomers to join without a copy.
+#: Spare rows allocated whenever a buffer is (re)made: room for newcomers to join without a copy
+#: (fewer where the layer's `max_rows` leaves less room).
 ROW_GROW = 16
 
 
 class AppendLayer(DynamicLayer):
-    """A DynamicLayer whose keys/values are views `[:rows, :, start:end]` of preallocated buffers."""
+    """A DynamicLayer whose keys/values are views `[:rows, :, start:end]` of preallocated buffers.
 
-    def __init__(self, *args, **kwargs):
+    `max_rows`: the most rows this cache will hold (a batch's size limit; a prefill that is merged into
+    a running batch, or a cached prefix, holds just its own rows): spare rows are never made past it.
+    None: always ROW_GROW spare rows."""
+
+    def __init__(self, *args, max_rows: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        self.max_rows = max_rows
         self._key_buffer: torch.Tensor | None = None
         self._value_buffer: torch.Tensor | None = None
         self._rows = 0
@@ -50,14 +57,20 @@ class AppendLayer(DynamicLayer):
         self._value_view = self._value_buffer[:self._rows, :, self._start:self._end]
         self.keys, self.values = self._key_view, self._value_view
 
+    def spare_rows(self, rows: int) -> int:
+        """Spare rows to allocate beside `rows` used ones."""
+        if self.max_rows is None:
+            return ROW_GROW
+        return max(0, min(ROW_GROW, self.max_rows - rows))
+
     def _rebuild(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
-        """New buffers holding `keys`/`values` with room for `extra` + GROW more columns and ROW_GROW
-        more rows. The spare rows are zeros: a row that joins later widens the view to the left over
+        """New buffers holding `keys`/`values` with room for `extra` + GROW more columns and
+        `spare_rows` more rows. The spare rows are zeros: a row that joins later widens the view to the left over
         columns it never wrote, and masked positions must hold finite values (0 x NaN is NaN)."""
         batch, heads, length, dim = keys.shape
-        capacity = length + extra + GROW
-        self._key_buffer = keys.new_zeros((batch + ROW_GROW, heads, capacity, dim))
-        self._value_buffer = values.new_zeros((batch + ROW_GROW, values.shape[1], capacity, values.shape[3]))
+        capacity, spare = length + extra + GROW, self.spare_rows(batch)
+        self._key_buffer = keys.new_zeros((batch + spare, heads, capacity, dim))
+        self._value_buffer = values.new_zeros((batch + spare, values.shape[1], capacity, values.shape[3]))
         self._key_buffer[:batch, :, :length] = keys
         self._value_buffer[:batch, :, :length] = values
         self._rows, self._start, self._end = batch, 0, length
@@ -135,12 +148,15 @@ def drop_leading(layer: DynamicLayer, columns: int) -> None:
         _slice_leading(layer, columns)
 
 
-def merge_into(running: DynamicLayer, joined: DynamicLayer, width: int) -> None:
+def merge_into(running: DynamicLayer, joined: DynamicLayer, width: int, *, max_rows: int | None = None) -> None:
     """`running` := its rows then `joined`'s, each left-padded with zeros to `width` columns.
+    `max_rows` (the batch's size limit) becomes the running layer's, bounding its spare rows.
 
     Padding must be zeros, not uninitialised memory: masked positions get zero attention weight, but
     0 x NaN would still be NaN.
     """
+    if isinstance(running, AppendLayer) and max_rows is not None:
+        running.max_rows = max_rows
     if isinstance(running, AppendLayer) and running.join(joined, width):
         return
     parts = [(running.keys, running.values), (joined.keys, joined.values)]
@@ -152,8 +168,9 @@ def merge_into(running: DynamicLayer, joined: DynamicLayer, width: int) -> None:
         return
     rows = sum(k.shape[0] for k, _ in parts)
     first_k, first_v = parts[0]
-    keys = first_k.new_zeros((rows + ROW_GROW, first_k.shape[1], width + GROW, first_k.shape[3]))
-    values = first_v.new_zeros((rows + ROW_GROW, first_v.shape[1], width + GROW, first_v.shape[3]))
+    spare = running.spare_rows(rows)
+    keys = first_k.new_zeros((rows + spare, first_k.shape[1], width + GROW, first_k.shape[3]))
+    values = first_v.new_zeros((rows + spare, first_v.shape[1], width + GROW, first_v.shape[3]))
     row = 0
     for k, v in parts:
         keys[row:row + k.shape[0], :, width - k.shape[2]:width] = k
@@ -193,14 +210,16 @@ def retire_rows(cache, keep: list[int]) -> list[int]:
     return order
 
 
-def new_decode_cache(config, *, append_in_place: bool = True) -> DynamicCache:
-    """A DynamicCache for `config` whose plain (full-attention) layers append in place.
+def new_decode_cache(config, *, append_in_place: bool = True, max_rows: int | None = None) -> DynamicCache:
+    """A DynamicCache for `config` whose plain (full-attention) layers append in place, with spare rows
+    up to `max_rows` (see AppendLayer).
 
     Other layer kinds (sliding windows, ...) are left as transformers makes them.
     """
     cache = DynamicCache(config=config)
     if append_in_place:
-        cache.layers = [AppendLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+        cache.layers = [AppendLayer(max_rows=max_rows) if type(layer) is DynamicLayer else layer
+                        for layer in cache.layers]
     return cache
 
 

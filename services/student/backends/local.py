@@ -279,7 +279,11 @@ class LocalBackend(Backend):
             mask[i, prefix_width + width - m:] = 1
             positions[i, width - m:] = torch.arange(n, length, dtype=torch.long)
             row.position = length
-        cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place)
+        # No spare rows: most prefills join a running batch and are dropped once merged; one that starts
+        # a batch gets them on its first join (a copy once per batch, against a prefill-sized buffer of
+        # zeros kept through every merge).
+        cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place,
+                                 max_rows=len(rows))
         if prefix_width:
             seed_cache(cache, prefixes, shared, prefix_width)
             metrics.PREFIX_CACHED_TOKENS.inc(sum(row.cached_tokens for row in rows))  # hits; a miss was prefilled
@@ -307,7 +311,7 @@ class LocalBackend(Backend):
         if cached is not None:
             row.cached_tokens = n
             return cached
-        cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place)
+        cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place, max_rows=1)
         self.forward([row], input_ids=torch.tensor([ids[:n]], dtype=torch.long, device=self.device),
                      attention_mask=torch.ones((1, n), dtype=torch.long, device=self.device),
                      position_ids=torch.arange(n, dtype=torch.long, device=self.device)[None],

@@ -152,7 +152,8 @@ class Scheduler:
                         newcomers = self._take_newcomers(self._prefill_room(room), first_batch=batch is None)
                         if newcomers:
                             joined = self.engine.prefill(newcomers)
-                            batch = joined if batch is None else merge_batches(batch, joined)
+                            batch = (joined if batch is None
+                                     else merge_batches(batch, joined, max_rows=self.max_batch_size))
                 except Exception as exc:  # noqa: BLE001 - fail the rows involved, keep serving
                     # A failed forward pass (out of memory, a broken layer) leaves no usable cache for
                     # any of its rows; failures of single rows are handled in `step` and never get here.
