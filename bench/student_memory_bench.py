@@ -62,6 +62,20 @@ def manifest_limit() -> str:
     return re.search(r"memory:\s*(\S+)", limits).group(1)
 
 
+def server_defaults(env: dict) -> dict:
+    """The settings `leap student serve` starts with under `env` (its own argument defaults)."""
+    from unittest import mock
+
+    from services.student.cli import add_student_arguments
+
+    parser = argparse.ArgumentParser()
+    with mock.patch.dict(os.environ, env, clear=True):
+        add_student_arguments(parser)
+    args = parser.parse_args([])
+    return {"max_batch_size": args.max_batch_size, "max_prefill_rows": args.max_prefill_rows,
+            "max_prompt_tokens": args.max_prompt_tokens, "prompt_cache_mb": args.prompt_cache_mb}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -143,10 +157,8 @@ print(json.dumps({"peak_hwm_mb": int(status["VmHWM"].split()[0]) // 1024, "rows"
 """
 
 
-def raw_generate(args, env: dict, dtype: str) -> dict:
-    from services.student.defaults import DEFAULT_MAX_BATCH_SIZE
-
-    spec = {"dtype": dtype, "observations": [observation(i, args.words) for i in range(DEFAULT_MAX_BATCH_SIZE)]}
+def raw_generate(args, env: dict, dtype: str, rows: int) -> dict:
+    spec = {"dtype": dtype, "observations": [observation(i, args.words) for i in range(rows)]}
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", RAW, json.dumps(spec)], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=1800)
@@ -189,20 +201,18 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from services.student.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_PREFILL_ROWS
-
     RESULTS.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LEAP_")}
     if args.isa:
         env["ONEDNN_MAX_CPU_ISA"] = args.isa
+    defaults = server_defaults(env)
     server = serve_and_load(args, env)
     dtype = {"bfloat16": "bfloat16", "bf16": "bfloat16"}.get(server["dtype"], "float32")
-    raw = raw_generate(args, env, dtype)
+    raw = raw_generate(args, env, dtype, defaults["max_batch_size"])
     peak = max(server["peak_sampled_mb"], server["peak_hwm_mb"])
     result = {"machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
               "isa": args.isa, "clients": args.clients, "words": args.words, "manifest_limit": manifest_limit(),
-              "defaults": {"max_batch_size": DEFAULT_MAX_BATCH_SIZE, "max_prefill_rows": DEFAULT_MAX_PREFILL_ROWS,
-                           "max_prompt_tokens": 2048, "prompt_cache_mb": 1024},
+              "defaults": defaults,
               "server": server, "raw_generate": raw,
               "ratio_to_raw": round(peak / raw["peak_hwm_mb"], 2) if "peak_hwm_mb" in raw else None}
     out = Path(args.out)

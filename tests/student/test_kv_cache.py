@@ -187,4 +187,3 @@ def test_spare_rows_never_go_past_the_batch_limit():
     merge_into(plain, joined_plain, exact.keys.shape[2])
     merge_into(exact, joined, exact.keys.shape[2], max_rows=6)  # no spare rows: rebuilt, up to 6 rows
     assert same(plain, exact) and exact.max_rows == 6 and exact._key_buffer.shape[0] == 6
-

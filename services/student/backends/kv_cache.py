@@ -65,8 +65,8 @@ class AppendLayer(DynamicLayer):
 
     def _rebuild(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
         """New buffers holding `keys`/`values` with room for `extra` + GROW more columns and
-        `spare_rows` more rows. The spare rows are zeros: a row that joins later widens the view to the left over
-        columns it never wrote, and masked positions must hold finite values (0 x NaN is NaN)."""
+        `spare_rows` more rows. The spare rows are zeros: a row that joins later widens the view to the
+        left over columns it never wrote, and masked positions must hold finite values (0 x NaN is NaN)."""
         batch, heads, length, dim = keys.shape
         capacity, spare = length + extra + GROW, self.spare_rows(batch)
         self._key_buffer = keys.new_zeros((batch + spare, heads, capacity, dim))
