@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from leap.v1 import common_pb2 as leap_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19leap/v1/environment.proto\x12\x07leap.v1\x1a\x14leap/v1/common.proto\"\x19\n\x17ListEnvironmentsRequest\"\xd4\x01\n\x0f\x45nvironmentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06splits\x18\x03 \x03(\t\x12*\n\x0c\x61\x63tion_space\x18\x04 \x01(\x0e\x32\x14.leap.v1.ActionSpace\x12\x17\n\x0f\x64\x65\x66\x61ult_horizon\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\ntask_types\x18\x07 \x03(\t\x12$\n\x07\x65xperts\x18\x08 \x03(\x0e\x32\x13.leap.v1.ExpertKind\"J\n\x18ListEnvironmentsResponse\x12.\n\x0c\x65nvironments\x18\x01 \x03(\x0b\x32\x18.leap.v1.EnvironmentInfo\"e\n\x10ListTasksRequest\x12\x0b\n\x03\x65nv\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x05\"K\n\x08TaskInfo\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\"m\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.leap.v1.TaskInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x05\"\x9a\x02\n\x0bObservation\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\ncandidates\x18\x02 \x03(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x0b\n\x03won\x18\x06 \x01(\x08\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12\x0c\n\x04step\x18\x08 \x01(\x05\x12\x19\n\x11last_action_valid\x18\t \x01(\x08\x12\x18\n\x10\x61\x63tion_templates\x18\n \x03(\t\x12,\n\x04info\x18\x0b \x03(\x0b\x32\x1e.leap.v1.Observation.InfoEntry\x1a+\n\tInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x0cResetRequest\x12\x0b\n\x03\x65nv\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05split\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x0f\n\x07horizon\x18\x05 \x01(\x05\"o\n\rResetResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0b\x32\x11.leap.v1.TaskInfo\x12)\n\x0bobservation\x18\x03 \x01(\x0b\x32\x14.leap.v1.Observation\"1\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"9\n\x0cStepResponse\x12)\n\x0bobservation\x18\x01 \x01(\x0b\x32\x14.leap.v1.Observation\"\"\n\x0c\x43loseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\":\n\rCloseResponse\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\x0b\n\x03won\x18\x02 \x01(\x08\x12\r\n\x05score\x18\x03 \x01(\x01\"I\n\x16PrivilegedStateRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\"\x8f\x03\n\x0fPrivilegedState\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x19\n\x11\x65ssential_objects\x18\x04 \x03(\t\x12\x1a\n\x12\x63ritical_locations\x18\x05 \x03(\t\x12\x17\n\x0foptimal_actions\x18\x06 \x03(\t\x12\r\n\x05\x66\x61\x63ts\x18\x07 \x03(\t\x12\x0f\n\x07secrets\x18\x08 \x03(\t\x12\x18\n\x10goal_record_json\x18\t \x01(\t\x12\x14\n\x0cgold_command\x18\n \x01(\t\x12\x13\n\x0bgold_output\x18\x0b \x01(\t\x12\x32\n\x05\x65xtra\x18\x0c \x03(\x0b\x32#.leap.v1.PrivilegedState.ExtraEntry\x12$\n\x07\x65xperts\x18\r \x03(\x0e\x32\x13.leap.v1.ExpertKind\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x14\x45xpertActionsRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\x12#\n\x06\x65xpert\x18\x03 \x01(\x0e\x32\x13.leap.v1.ExpertKind\"b\n\x15\x45xpertActionsResponse\x12\x13\n\x0bnext_action\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x03(\t\x12\x13\n\x0b\x61lready_won\x18\x03 \x01(\x08\x12\x11\n\trationale\x18\x04 \x01(\t\"l\n\x14\x44\x65monstrationRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12#\n\x06\x65xpert\x18\x02 \x01(\x0e\x32\x13.leap.v1.ExpertKind\x12\x0f\n\x07horizon\x18\x03 \x01(\x05*|\n\nExpertKind\x12\x1b\n\x17\x45XPERT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPERT_KIND_PLANNER\x10\x01\x12\x18\n\x14\x45XPERT_KIND_SEARCHER\x10\x02\x12\x1e\n\x1a\x45XPERT_KIND_PRIOR_SEARCHER\x10\x03\x32\xd6\x02\n\x12\x45nvironmentService\x12W\n\x10ListEnvironments\x12 .leap.v1.ListEnvironmentsRequest\x1a!.leap.v1.ListEnvironmentsResponse\x12\x42\n\tListTasks\x12\x19.leap.v1.ListTasksRequest\x1a\x1a.leap.v1.ListTasksResponse\x12\x36\n\x05Reset\x12\x15.leap.v1.ResetRequest\x1a\x16.leap.v1.ResetResponse\x12\x33\n\x04Step\x12\x14.leap.v1.StepRequest\x1a\x15.leap.v1.StepResponse\x12\x36\n\x05\x43lose\x12\x15.leap.v1.CloseRequest\x1a\x16.leap.v1.CloseResponse2\xff\x01\n\x11PrivilegedService\x12O\n\x12GetPrivilegedState\x12\x1f.leap.v1.PrivilegedStateRequest\x1a\x18.leap.v1.PrivilegedState\x12Q\n\x10GetExpertActions\x12\x1d.leap.v1.ExpertActionsRequest\x1a\x1e.leap.v1.ExpertActionsResponse\x12\x46\n\x10GetDemonstration\x12\x1d.leap.v1.DemonstrationRequest\x1a\x13.leap.v1.Trajectoryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19leap/v1/environment.proto\x12\x07leap.v1\x1a\x14leap/v1/common.proto\"\x19\n\x17ListEnvironmentsRequest\"\xd4\x01\n\x0f\x45nvironmentInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0e\n\x06splits\x18\x03 \x03(\t\x12*\n\x0c\x61\x63tion_space\x18\x04 \x01(\x0e\x32\x14.leap.v1.ActionSpace\x12\x17\n\x0f\x64\x65\x66\x61ult_horizon\x18\x05 \x01(\x05\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x12\n\ntask_types\x18\x07 \x03(\t\x12$\n\x07\x65xperts\x18\x08 \x03(\x0e\x32\x13.leap.v1.ExpertKind\"J\n\x18ListEnvironmentsResponse\x12.\n\x0c\x65nvironments\x18\x01 \x03(\x0b\x32\x18.leap.v1.EnvironmentInfo\"e\n\x10ListTasksRequest\x12\x0b\n\x03\x65nv\x18\x01 \x01(\t\x12\r\n\x05split\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\x12\x0e\n\x06offset\x18\x05 \x01(\x05\"K\n\x08TaskInfo\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\"m\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.leap.v1.TaskInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x05\x12\x0e\n\x06offset\x18\x04 \x01(\x05\"\xb0\x02\n\x0bObservation\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\ncandidates\x18\x02 \x03(\t\x12\x0e\n\x06reward\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\x0b\n\x03won\x18\x06 \x01(\x08\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12\x0c\n\x04step\x18\x08 \x01(\x05\x12\x19\n\x11last_action_valid\x18\t \x01(\x08\x12\x18\n\x10\x61\x63tion_templates\x18\n \x03(\t\x12,\n\x04info\x18\x0b \x03(\x0b\x32\x1e.leap.v1.Observation.InfoEntry\x12\x14\n\x0cstate_digest\x18\x0c \x01(\t\x1a+\n\tInfoEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Z\n\x0cResetRequest\x12\x0b\n\x03\x65nv\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\r\n\x05split\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x0f\n\x07horizon\x18\x05 \x01(\x05\"o\n\rResetResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1f\n\x04task\x18\x02 \x01(\x0b\x32\x11.leap.v1.TaskInfo\x12)\n\x0bobservation\x18\x03 \x01(\x0b\x32\x14.leap.v1.Observation\"1\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"9\n\x0cStepResponse\x12)\n\x0bobservation\x18\x01 \x01(\x0b\x32\x14.leap.v1.Observation\"\"\n\x0c\x43loseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\":\n\rCloseResponse\x12\r\n\x05steps\x18\x01 \x01(\x05\x12\x0b\n\x03won\x18\x02 \x01(\x08\x12\r\n\x05score\x18\x03 \x01(\x01\"I\n\x16PrivilegedStateRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\"\x8f\x03\n\x0fPrivilegedState\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x11\n\ttask_type\x18\x03 \x01(\t\x12\x19\n\x11\x65ssential_objects\x18\x04 \x03(\t\x12\x1a\n\x12\x63ritical_locations\x18\x05 \x03(\t\x12\x17\n\x0foptimal_actions\x18\x06 \x03(\t\x12\r\n\x05\x66\x61\x63ts\x18\x07 \x03(\t\x12\x0f\n\x07secrets\x18\x08 \x03(\t\x12\x18\n\x10goal_record_json\x18\t \x01(\t\x12\x14\n\x0cgold_command\x18\n \x01(\t\x12\x13\n\x0bgold_output\x18\x0b \x01(\t\x12\x32\n\x05\x65xtra\x18\x0c \x03(\x0b\x32#.leap.v1.PrivilegedState.ExtraEntry\x12$\n\x07\x65xperts\x18\r \x03(\x0e\x32\x13.leap.v1.ExpertKind\x1a,\n\nExtraEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"l\n\x14\x45xpertActionsRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12\x0f\n\x07\x61\x63tions\x18\x02 \x03(\t\x12#\n\x06\x65xpert\x18\x03 \x01(\x0e\x32\x13.leap.v1.ExpertKind\"b\n\x15\x45xpertActionsResponse\x12\x13\n\x0bnext_action\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x03(\t\x12\x13\n\x0b\x61lready_won\x18\x03 \x01(\x08\x12\x11\n\trationale\x18\x04 \x01(\t\"l\n\x14\x44\x65monstrationRequest\x12\x1e\n\x04task\x18\x01 \x01(\x0b\x32\x10.leap.v1.TaskRef\x12#\n\x06\x65xpert\x18\x02 \x01(\x0e\x32\x13.leap.v1.ExpertKind\x12\x0f\n\x07horizon\x18\x03 \x01(\x05*|\n\nExpertKind\x12\x1b\n\x17\x45XPERT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XPERT_KIND_PLANNER\x10\x01\x12\x18\n\x14\x45XPERT_KIND_SEARCHER\x10\x02\x12\x1e\n\x1a\x45XPERT_KIND_PRIOR_SEARCHER\x10\x03\x32\xd6\x02\n\x12\x45nvironmentService\x12W\n\x10ListEnvironments\x12 .leap.v1.ListEnvironmentsRequest\x1a!.leap.v1.ListEnvironmentsResponse\x12\x42\n\tListTasks\x12\x19.leap.v1.ListTasksRequest\x1a\x1a.leap.v1.ListTasksResponse\x12\x36\n\x05Reset\x12\x15.leap.v1.ResetRequest\x1a\x16.leap.v1.ResetResponse\x12\x33\n\x04Step\x12\x14.leap.v1.StepRequest\x1a\x15.leap.v1.StepResponse\x12\x36\n\x05\x43lose\x12\x15.leap.v1.CloseRequest\x1a\x16.leap.v1.CloseResponse2\xff\x01\n\x11PrivilegedService\x12O\n\x12GetPrivilegedState\x12\x1f.leap.v1.PrivilegedStateRequest\x1a\x18.leap.v1.PrivilegedState\x12Q\n\x10GetExpertActions\x12\x1d.leap.v1.ExpertActionsRequest\x1a\x1e.leap.v1.ExpertActionsResponse\x12\x46\n\x10GetDemonstration\x12\x1d.leap.v1.DemonstrationRequest\x1a\x13.leap.v1.Trajectoryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +36,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OBSERVATION_INFOENTRY']._serialized_options = b'8\001'
   _globals['_PRIVILEGEDSTATE_EXTRAENTRY']._loaded_options = None
   _globals['_PRIVILEGEDSTATE_EXTRAENTRY']._serialized_options = b'8\001'
-  _globals['_EXPERTKIND']._serialized_start=2162
-  _globals['_EXPERTKIND']._serialized_end=2286
+  _globals['_EXPERTKIND']._serialized_start=2184
+  _globals['_EXPERTKIND']._serialized_end=2308
   _globals['_LISTENVIRONMENTSREQUEST']._serialized_start=60
   _globals['_LISTENVIRONMENTSREQUEST']._serialized_end=85
   _globals['_ENVIRONMENTINFO']._serialized_start=88
@@ -51,35 +51,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTASKSRESPONSE']._serialized_start=558
   _globals['_LISTTASKSRESPONSE']._serialized_end=667
   _globals['_OBSERVATION']._serialized_start=670
-  _globals['_OBSERVATION']._serialized_end=952
-  _globals['_OBSERVATION_INFOENTRY']._serialized_start=909
-  _globals['_OBSERVATION_INFOENTRY']._serialized_end=952
-  _globals['_RESETREQUEST']._serialized_start=954
-  _globals['_RESETREQUEST']._serialized_end=1044
-  _globals['_RESETRESPONSE']._serialized_start=1046
-  _globals['_RESETRESPONSE']._serialized_end=1157
-  _globals['_STEPREQUEST']._serialized_start=1159
-  _globals['_STEPREQUEST']._serialized_end=1208
-  _globals['_STEPRESPONSE']._serialized_start=1210
-  _globals['_STEPRESPONSE']._serialized_end=1267
-  _globals['_CLOSEREQUEST']._serialized_start=1269
-  _globals['_CLOSEREQUEST']._serialized_end=1303
-  _globals['_CLOSERESPONSE']._serialized_start=1305
-  _globals['_CLOSERESPONSE']._serialized_end=1363
-  _globals['_PRIVILEGEDSTATEREQUEST']._serialized_start=1365
-  _globals['_PRIVILEGEDSTATEREQUEST']._serialized_end=1438
-  _globals['_PRIVILEGEDSTATE']._serialized_start=1441
-  _globals['_PRIVILEGEDSTATE']._serialized_end=1840
-  _globals['_PRIVILEGEDSTATE_EXTRAENTRY']._serialized_start=1796
-  _globals['_PRIVILEGEDSTATE_EXTRAENTRY']._serialized_end=1840
-  _globals['_EXPERTACTIONSREQUEST']._serialized_start=1842
-  _globals['_EXPERTACTIONSREQUEST']._serialized_end=1950
-  _globals['_EXPERTACTIONSRESPONSE']._serialized_start=1952
-  _globals['_EXPERTACTIONSRESPONSE']._serialized_end=2050
-  _globals['_DEMONSTRATIONREQUEST']._serialized_start=2052
-  _globals['_DEMONSTRATIONREQUEST']._serialized_end=2160
-  _globals['_ENVIRONMENTSERVICE']._serialized_start=2289
-  _globals['_ENVIRONMENTSERVICE']._serialized_end=2631
-  _globals['_PRIVILEGEDSERVICE']._serialized_start=2634
-  _globals['_PRIVILEGEDSERVICE']._serialized_end=2889
+  _globals['_OBSERVATION']._serialized_end=974
+  _globals['_OBSERVATION_INFOENTRY']._serialized_start=931
+  _globals['_OBSERVATION_INFOENTRY']._serialized_end=974
+  _globals['_RESETREQUEST']._serialized_start=976
+  _globals['_RESETREQUEST']._serialized_end=1066
+  _globals['_RESETRESPONSE']._serialized_start=1068
+  _globals['_RESETRESPONSE']._serialized_end=1179
+  _globals['_STEPREQUEST']._serialized_start=1181
+  _globals['_STEPREQUEST']._serialized_end=1230
+  _globals['_STEPRESPONSE']._serialized_start=1232
+  _globals['_STEPRESPONSE']._serialized_end=1289
+  _globals['_CLOSEREQUEST']._serialized_start=1291
+  _globals['_CLOSEREQUEST']._serialized_end=1325
+  _globals['_CLOSERESPONSE']._serialized_start=1327
+  _globals['_CLOSERESPONSE']._serialized_end=1385
+  _globals['_PRIVILEGEDSTATEREQUEST']._serialized_start=1387
+  _globals['_PRIVILEGEDSTATEREQUEST']._serialized_end=1460
+  _globals['_PRIVILEGEDSTATE']._serialized_start=1463
+  _globals['_PRIVILEGEDSTATE']._serialized_end=1862
+  _globals['_PRIVILEGEDSTATE_EXTRAENTRY']._serialized_start=1818
+  _globals['_PRIVILEGEDSTATE_EXTRAENTRY']._serialized_end=1862
+  _globals['_EXPERTACTIONSREQUEST']._serialized_start=1864
+  _globals['_EXPERTACTIONSREQUEST']._serialized_end=1972
+  _globals['_EXPERTACTIONSRESPONSE']._serialized_start=1974
+  _globals['_EXPERTACTIONSRESPONSE']._serialized_end=2072
+  _globals['_DEMONSTRATIONREQUEST']._serialized_start=2074
+  _globals['_DEMONSTRATIONREQUEST']._serialized_end=2182
+  _globals['_ENVIRONMENTSERVICE']._serialized_start=2311
+  _globals['_ENVIRONMENTSERVICE']._serialized_end=2653
+  _globals['_PRIVILEGEDSERVICE']._serialized_start=2656
+  _globals['_PRIVILEGEDSERVICE']._serialized_end=2911
 # @@protoc_insertion_point(module_scope)

@@ -86,7 +86,7 @@ class ListTasksResponse(_message.Message):
     def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ..., offset: _Optional[int] = ...) -> None: ...
 
 class Observation(_message.Message):
-    __slots__ = ("text", "candidates", "reward", "score", "done", "won", "truncated", "step", "last_action_valid", "action_templates", "info")
+    __slots__ = ("text", "candidates", "reward", "score", "done", "won", "truncated", "step", "last_action_valid", "action_templates", "info", "state_digest")
     class InfoEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class Observation(_message.Message):
     LAST_ACTION_VALID_FIELD_NUMBER: _ClassVar[int]
     ACTION_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     text: str
     candidates: _containers.RepeatedScalarFieldContainer[str]
     reward: float
@@ -116,7 +117,8 @@ class Observation(_message.Message):
     last_action_valid: bool
     action_templates: _containers.RepeatedScalarFieldContainer[str]
     info: _containers.ScalarMap[str, str]
-    def __init__(self, text: _Optional[str] = ..., candidates: _Optional[_Iterable[str]] = ..., reward: _Optional[float] = ..., score: _Optional[float] = ..., done: _Optional[bool] = ..., won: _Optional[bool] = ..., truncated: _Optional[bool] = ..., step: _Optional[int] = ..., last_action_valid: _Optional[bool] = ..., action_templates: _Optional[_Iterable[str]] = ..., info: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    state_digest: str
+    def __init__(self, text: _Optional[str] = ..., candidates: _Optional[_Iterable[str]] = ..., reward: _Optional[float] = ..., score: _Optional[float] = ..., done: _Optional[bool] = ..., won: _Optional[bool] = ..., truncated: _Optional[bool] = ..., step: _Optional[int] = ..., last_action_valid: _Optional[bool] = ..., action_templates: _Optional[_Iterable[str]] = ..., info: _Optional[_Mapping[str, str]] = ..., state_digest: _Optional[str] = ...) -> None: ...
 
 class ResetRequest(_message.Message):
     __slots__ = ("env", "task_id", "split", "seed", "horizon")

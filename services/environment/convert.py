@@ -45,7 +45,7 @@ def observation(obs: Observation) -> pb.Observation:
     return pb.Observation(text=obs.text, candidates=list(obs.candidates), reward=obs.reward, score=obs.score,
                           done=obs.done, won=obs.won, truncated=obs.truncated, step=obs.step,
                           last_action_valid=obs.last_action_valid, action_templates=list(obs.action_templates),
-                          info=dict(obs.info))
+                          info=dict(obs.info), state_digest=obs.state_digest)
 
 
 def privileged_state(env: str, info: PrivilegedInfo, experts=()) -> pb.PrivilegedState:

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -190,6 +193,8 @@ class EnvironmentSessions:
         self.reap_interval_s = reap_interval_s if reap_interval_s is not None else min(30.0, max(0.05, idle_ttl_s / 4))
         self._clock = clock
         self._lock = threading.Lock()
+        #: Keys the state digests: a digest means something inside its session only.
+        self._digest_key = secrets.token_bytes(32)
         self._sessions: dict[str, _Session] = {}
         self._expired: OrderedDict[str, None] = OrderedDict()  # recently evicted ids, for clear errors
         self._stop = threading.Event()
@@ -322,6 +327,7 @@ class EnvironmentSessions:
             episode.close()
             raise
         session = _Session(secrets.token_hex(16), env, episode, self._clock())
+        observation = self._with_digest(session, observation)
         session.last = observation
         with self._lock:
             admitted = len(self._sessions) < self.max_sessions
@@ -369,11 +375,21 @@ class EnvironmentSessions:
                 how = "was won" if session.episode.won else "reached its horizon" if truncated else "is over"
                 raise FailedPrecondition(f"session {quote(session_id)} is done (the episode {how} after "
                                          f"{session.episode.steps} steps); Close it and Reset a new one")
-            observation = session.episode.step(action)
+            observation = self._with_digest(session, session.episode.step(action))
             session.last = observation
             session.last_used = self._clock()
         self._step_counters[session.env].inc()
         return observation
+
+    def _with_digest(self, session: _Session, observation: Observation) -> Observation:
+        """The observation with its state digest: HMAC of the episode's state key, keyed per session."""
+        if observation.done:
+            return observation
+        key = session.episode.state_key()
+        if key is None:
+            return observation
+        digest = hmac.new(self._digest_key, session.id.encode() + b"\0" + key, hashlib.sha256).hexdigest()[:32]
+        return dataclasses.replace(observation, state_digest=digest)
 
     def close(self, session_id: str) -> CloseSummary:
         session = self._session(session_id)

@@ -270,3 +270,41 @@ def test_privileged_oracle_validates_its_inputs(household):
     assert demo.won and demo.steps and all(s.reason for s in demo.steps)
     short = oracle.demonstration("household", "train-00002", expert="searcher", horizon=2)
     assert short.truncated and not short.won and len(short.steps) == 2
+
+
+def test_state_digests_repeat_with_the_state_inside_a_session_only(household):
+    sessions = make(household)
+    task = "train-00001"
+    first = sessions.reset("household", task_id=task)
+    places = [c for c in first.observation.candidates if c.startswith("go to ")]
+    a, b = places[0], places[1]
+    digests = [first.observation.state_digest]
+    for action in (a, b, a, b):
+        digests.append(sessions.step(first.session_id, action).state_digest)
+    assert all(len(d) == 32 for d in digests)
+    # start, at a, at b, at a, at b: the state comes back, and with it the digest (the step count differs).
+    assert digests[1] == digests[3] and digests[2] == digests[4]
+    assert len({digests[0], digests[1], digests[2]}) == 3
+    # Opening something changes the state although the agent stands where it stood.
+    at_fridge = sessions.step(first.session_id, "go to fridge 1")
+    assert "open fridge 1" in at_fridge.candidates
+    opened = sessions.step(first.session_id, "open fridge 1").state_digest
+    assert opened not in digests + [at_fridge.state_digest]
+    assert sessions.step(first.session_id, "close fridge 1").state_digest == at_fridge.state_digest
+    # Another session of the same task in the same state: another digest (keyed per session).
+    second = sessions.reset("household", task_id=task)
+    assert second.observation.state_digest != digests[0]
+    assert sessions.step(second.session_id, a).state_digest != digests[1]
+    # The message carries it; a done episode has none.
+    assert convert.observation(sessions.step(second.session_id, b)).state_digest
+    plan = household.privileged_state(task, []).optimal_actions
+    third = sessions.reset("household", task_id=task)
+    for action in plan:
+        obs = sessions.step(third.session_id, action)
+    assert obs.done and obs.state_digest == ""
+
+
+def test_backends_that_cannot_vouch_for_their_state_send_no_digest():
+    sessions = EnvironmentSessions({"echo": EchoBackend()})
+    r = sessions.reset("echo", split="test", seed=5)
+    assert r.observation.state_digest == "" and sessions.step(r.session_id, "ls").state_digest == ""

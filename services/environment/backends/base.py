@@ -105,6 +105,8 @@ class Observation:
     last_action_valid: bool = True
     action_templates: tuple[str, ...] = ()
     info: dict[str, str] = field(default_factory=dict)
+    #: Filled by the service from Episode.state_key (keyed per session); backends leave it empty.
+    state_digest: str = ""
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,17 @@ class Episode(abc.ABC):
     @property
     @abc.abstractmethod
     def score(self) -> float: ...
+
+    def state_key(self) -> bytes | None:
+        """Everything the episode's future depends on, apart from its step count, as bytes; None: unknown.
+
+        Two equal keys promise that every sequence of actions from either point gets the same
+        observations (text, candidates, reward, score, end). Return bytes only where the world is
+        deterministic and the key covers all of its state, hidden state included: a client stops an
+        episode as a cycle when a key comes back. The service never shows the key itself, only a
+        digest keyed per session (Observation.state_digest).
+        """
+        return None
 
     def close(self) -> None:
         """Release what the episode holds (a container, a sandbox); nothing for in-memory worlds."""

@@ -87,6 +87,11 @@ class HouseholdEpisode(base.EpisodeState):
         return self._observation(outcome.text, () if self._done else candidates(self.scene, self.state, self._verbose),
                                  reward=self._score, truncated=truncated, valid=outcome.valid)
 
+    def state_key(self) -> bytes:
+        # The world is deterministic, and texts, candidates and the win depend on the task's scene
+        # (fixed) and on `state` only; the agent's knowledge changes no observation.
+        return repr(tuple(self.state)).encode()
+
 
 class HouseholdBackend(base.Backend):
     """The embedded ALFWorld-style world. Options are HouseholdConfig fields (strings accepted)."""
