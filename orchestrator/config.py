@@ -37,6 +37,11 @@ class EnvironmentConfig:
     rollout_tasks: int = 100      # training tasks rolled out per LEAP iteration
     demo_offset: int = 0          # index of the first demo task in the train split
     rollout_offset: int = 1000    # index of the first rollout task (disjoint from the demos)
+    #: Evaluations (greedy) end an episode whose student has come back to an earlier step, environment
+    #: state included: it would go round the same cycle until the horizon, so it is scored as it would
+    #: end there (a failure) without playing the rest. Needs an environment that sends state digests
+    #: (household does); rollouts always play to the end.
+    stop_cycles: bool = True
     #: Backend options of the environment server that `leap run` starts (`leap env serve -o KEY=VALUE`),
     #: e.g. {games: /data/alfworld/json_2.1.1} for alfworld. Ignored when `address` is set.
     options: dict[str, str] = field(default_factory=dict)

@@ -19,7 +19,7 @@ import grpc
 from leap.v1 import common_pb2, environment_pb2, environment_pb2_grpc, student_pb2, student_pb2_grpc
 from leap.v1 import teacher_pb2, teacher_pb2_grpc, trainer_pb2_grpc
 from services.runtime.channels import make_channel
-from services.student.prompts import history_to_send
+from services.student.prompts import history_to_send, prompt_state_key
 
 log = logging.getLogger("leap.orchestrator")
 
@@ -72,6 +72,60 @@ class EpisodeSettings:
     adapter_version: str = ""
     constrain_action: bool = False
     max_reason_tokens: int = 0
+    #: End an episode at a cycle (see CycleWatch): only with greedy decoding and a known horizon.
+    stop_cycles: bool = False
+
+
+class CycleWatch:
+    """Tells when a greedy student has come back to an earlier step of its episode.
+
+    A step's key is the environment's state digest (its whole state, hidden state included, keyed
+    per session) together with everything the student's prompts depend on from there
+    (`prompt_state_key`). When a key comes back, the student (greedy, so the same prompt gives the
+    same action) and the environment (deterministic, which a digest promises) repeat the steps in
+    between until the horizon. The episode's end is then known without playing it: not won, the
+    score of the state the cycle is in at the horizon, truncated there. Environments that send no
+    digest are never stopped; neither are sampled episodes. (A served student is greedy up to
+    rounding: in bf16, which rows share its batch can change a near tie; that noise is the
+    evaluation's anyway.)
+    """
+
+    def __init__(self, settings: "EpisodeSettings"):
+        self.settings = settings
+        self.active = settings.stop_cycles and settings.temperature == 0.0 and settings.horizon > 0
+        self._seen: dict[bytes, int] = {}
+        #: Score after each step played.
+        self.scores: list[float] = []
+
+    def revisits(self, step: int, goal: str, history: list[tuple[str, str]], obs) -> int | None:
+        """The earlier step that step `step` repeats, or None (and remembers this one)."""
+        if not self.active or not obs.state_digest:
+            return None
+        s = self.settings
+        key = hashlib.sha256(obs.state_digest.encode() + b"\0" + prompt_state_key(
+            s.env, goal, history, obs.text, list(obs.candidates), history_window=s.history_window)).digest()
+        earlier = self._seen.get(key)
+        if earlier is None:
+            self._seen[key] = step
+        return earlier
+
+    def end(self, trajectory: common_pb2.Trajectory, first: int, step: int) -> None:
+        """Give `trajectory` (stopped before step `step`, which repeats step `first`) its end at the horizon."""
+        period = step - first
+        last_action = self.settings.horizon - 1
+        trajectory.done, trajectory.won, trajectory.truncated = True, False, True
+        trajectory.score = self.scores[first + (last_action - first) % period]
+        trajectory.metadata.update(cycle_start=str(first), cycle_period=str(period), steps_at_horizon=str(self.settings.horizon))
+
+
+def steps_at_end(trajectory: common_pb2.Trajectory) -> list[common_pb2.Step]:
+    """The steps an episode took to its end: those played, with a stopped cycle repeated to the horizon."""
+    steps = list(trajectory.steps)
+    if "cycle_start" not in trajectory.metadata:
+        return steps
+    first, horizon = int(trajectory.metadata["cycle_start"]), int(trajectory.metadata["steps_at_horizon"])
+    cycle = steps[first:] or steps[-1:]
+    return steps[:first] + [cycle[k % len(cycle)] for k in range(horizon - first)]
 
 
 def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSettings,
@@ -89,9 +143,14 @@ def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSet
                                        agent="student")
     trajectory.metadata["seed"] = str(settings.seed)
     history: list[tuple[str, str]] = []
+    cycles = CycleWatch(settings)
     try:
         t = 0
         while not obs.done:
+            earlier = cycles.revisits(t, reset.task.goal, history, obs)
+            if earlier is not None:
+                cycles.end(trajectory, earlier, t)
+                break
             item = student_pb2.ActItem(
                 request_id=f"{task_id}/{t}", env=settings.env, goal=reset.task.goal,
                 history=[student_pb2.HistoryEntry(observation=o, action=a)
@@ -120,10 +179,12 @@ def play_student_episode(stubs: ServiceStubs, task_id: str, settings: EpisodeSet
             ))
             trajectory.metadata["adapter_version"] = result.adapter_version
             history.append((obs.text, action))
+            cycles.scores.append(nxt.score)
             obs = nxt
             t += 1
-        trajectory.done, trajectory.won, trajectory.score = obs.done, obs.won, obs.score
-        trajectory.truncated = obs.truncated
+        else:
+            trajectory.done, trajectory.won, trajectory.score = obs.done, obs.won, obs.score
+            trajectory.truncated = obs.truncated
     finally:
         try:
             stubs.env.Close(environment_pb2.CloseRequest(session_id=session), timeout=ENV_TIMEOUT_S)
@@ -229,8 +290,9 @@ def summarize(trajectories: Iterable[common_pb2.Trajectory], errors: int = 0) ->
 
     def block(items: list[common_pb2.Trajectory], failed: int = 0) -> dict:
         n = len(items) + failed
-        steps = sum(len(t.steps) for t in items)
-        invalid = sum(1 for t in items for s in t.steps if not s.action_valid)
+        taken = [steps_at_end(t) for t in items]
+        steps = sum(len(s) for s in taken)
+        invalid = sum(1 for s in taken for step in s if not step.action_valid)
         return {
             "episodes": n,
             "errors": failed,
@@ -238,6 +300,7 @@ def summarize(trajectories: Iterable[common_pb2.Trajectory], errors: int = 0) ->
             "score": sum(t.score for t in items) / n if n else 0.0,
             "mean_steps": steps / len(items) if items else 0.0,
             "invalid_action_rate": invalid / steps if steps else 0.0,
+            "cycles": sum(1 for t in items if "cycle_start" in t.metadata),
         }
 
     by_type: dict[str, list] = {}

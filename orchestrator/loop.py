@@ -268,6 +268,7 @@ class LeapRun:
         for split in self.config.environment.eval_splits:
             tasks = self._eval_tasks(split)
             settings = self._settings(self.config.student.eval_temperature, self.config.seed, version)
+            settings.stop_cycles = self.config.environment.stop_cycles
             trajectories, errors = self._play(f"{label}: evaluate on {split}", tasks, settings)
             path = ds.write_trajectories(self.run_dir / "trajectories" / f"{label}-eval-{split}.jsonl", trajectories)
             metrics[split] = summarize(trajectories, len(errors)) | {"errors": errors, "trajectories": str(path)}

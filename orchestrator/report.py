@@ -93,34 +93,42 @@ def _total(profile: list[dict]) -> dict:
     return total
 
 
-def _with_errors(results: dict) -> bool:
-    """Whether any episode of any row errored: the tables then show an errors column (they count as failures)."""
-    return any(o.get("errors") for row in results["rows"] for split in row["splits"].values()
-               if (o := split.get("overall")))
+#: Counts shown as a column of their own when any episode has them: key, title, style, note.
+_COUNTS = (
+    ("errors", "errors", "red", "errors: episodes that could not be played, counted as failures"),
+    ("cycles", "cycles", "yellow", "cycles: episodes stopped when the student came back to an earlier state "
+                                   "(scored as they would end at the horizon)"),
+)
 
 
-def _overall_cells(o: dict | None, errors: bool) -> list[str]:
+def _counts(results: dict) -> list[tuple[str, str, str, str]]:
+    """The count columns the tables show: those that some episode of some row has."""
+    return [c for c in _COUNTS if any(o.get(c[0]) for row in results["rows"] for split in row["splits"].values()
+                                      if (o := split.get("overall")))]
+
+
+def _overall_cells(o: dict | None, counts: list) -> list[str]:
     if not o:
-        return ["-"] * (4 if errors else 3)
+        return ["-"] * (3 + len(counts))
     cells = [f"{o['success']:.1f}", f"{o['score']:.2f}", f"{o['mean_steps']:.1f}"]
-    return cells + [str(o.get("errors", 0))] if errors else cells
+    return cells + [str(o.get(key, 0)) for key, *_ in counts]
 
 
 def results_table(results: dict) -> Table:
-    errors = _with_errors(results)
+    counts = _counts(results)
     table = Table(title=f"LEAP results ({results['run']}, {results['eval_tasks']} tasks per split)",
-                  caption="errors: episodes that could not be played, counted as failures" if errors else None)
+                  caption="; ".join(note for *_, note in counts) or None)
     table.add_column("agent", style="bold")
     for split in results["splits"]:
         table.add_column(f"{split} success %", justify="right")
         table.add_column("score", justify="right")
         table.add_column("steps", justify="right")
-        if errors:
-            table.add_column("errors", justify="right", style="red")
+        for _key, title, style, _note in counts:
+            table.add_column(title, justify="right", style=style)
     for row in results["rows"]:
         cells = [row["label"]]
         for split in results["splits"]:
-            cells += _overall_cells(row["splits"].get(split, {}).get("overall"), errors)
+            cells += _overall_cells(row["splits"].get(split, {}).get("overall"), counts)
         table.add_row(*cells)
     return table
 
@@ -138,16 +146,17 @@ def task_type_table(results: dict, split: str) -> Table:
 
 
 def markdown(results: dict) -> str:
-    errors = _with_errors(results)
+    counts = _counts(results)
+    notes = "; ".join(note for *_, note in counts)
     lines = [f"# LEAP results: {results['run']}", "", f"{results['eval_tasks']} held-out tasks per split"
-             + (" (errors: episodes that could not be played, counted as failures)." if errors else "."), ""]
-    per_split = "success % | score | steps" + (" | errors" if errors else "")
+             + (f" ({notes})." if notes else "."), ""]
+    per_split = "success % | score | steps" + "".join(f" | {title}" for _key, title, *_ in counts)
     header = "| agent | " + " | ".join(f"{s} {per_split}" for s in results["splits"]) + " |"
-    lines += [header, "|" + "---|" * (1 + (4 if errors else 3) * len(results["splits"]))]
+    lines += [header, "|" + "---|" * (1 + (3 + len(counts)) * len(results["splits"]))]
     for row in results["rows"]:
         cells = []
         for split in results["splits"]:
-            cells += _overall_cells(row["splits"].get(split, {}).get("overall"), errors)
+            cells += _overall_cells(row["splits"].get(split, {}).get("overall"), counts)
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     profile = results.get("profile", [])
     if profile:

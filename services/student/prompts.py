@@ -179,6 +179,27 @@ def render_messages(
     return [{"role": "system", "content": str(system).strip()}, {"role": "user", "content": str(user).strip()}]
 
 
+def prompt_state_key(env: str, goal: str, history: Sequence[Any], observation: str, candidates: Sequence[str], *,
+                     history_window: int = DEFAULT_HISTORY_WINDOW) -> bytes:
+    """Everything this step's prompt and every later one depend on, apart from what the environment answers.
+
+    `render_messages` takes the same arguments. Two steps of an episode with equal keys, given the
+    same actions and the same answers from the environment, get the same prompts from then on: the
+    key holds the turns shown, the current observation and candidates and, for environments with
+    notes, the whole state the notes are folded from (not only the lines shown). Used to tell when a
+    deterministic student has come back to an earlier step (orchestrator.episodes).
+    """
+    spec = spec_for(env)
+    turns = [_turn(entry) for entry in history]
+    shown = [(_clean(t.observation), _clean(t.action)) for t in _last_turns(turns, history_window)]
+    parts: list[Any] = [env.strip().lower(), _clean(goal), shown, _clean(observation), [_clean(c) for c in candidates]]
+    if spec.notes:
+        folded = household_memory([_clean(t.observation) for t in turns] + [_clean(observation)], (),
+                                  goal=_GOAL_PREFIX.sub("", _clean(goal)))
+        parts.append(sorted((name, repr(value)) for name, value in vars(folded).items()))
+    return repr(parts).encode()
+
+
 def history_to_send(env: str, history: Sequence[Any], history_window: int) -> list[Any]:
     """The part of an episode's history a client must send for `render_messages` to see all it uses.
 

@@ -287,6 +287,23 @@ def test_the_results_tables_show_errored_episodes():
     assert "errors" in text and "counted as failures" in text
 
 
+def test_episodes_stopped_at_a_cycle_count_their_horizon_and_get_a_column():
+    from orchestrator.report import markdown
+
+    stopped = _traj(False, 5)
+    stopped.steps[3].action_valid = False  # in the cycle (steps 2-4), so 6 times in 20 steps
+    stopped.steps[0].action_valid = False  # before it: once
+    stopped.metadata.update(cycle_start="2", cycle_period="3", steps_at_horizon="20")
+    s = summarize([_traj(True, 4), stopped])
+    # Steps and invalid actions as the episodes would have taken them to their end.
+    assert s["overall"]["cycles"] == 1 and s["overall"]["mean_steps"] == 12.0
+    assert s["overall"]["invalid_action_rate"] == 7 / 24 and s["overall"]["success"] == 50.0
+    row = {"name": "baseline", "label": "untrained student", "splits": {"valid_unseen": s}}
+    text = markdown({"run": "t", "splits": ["valid_unseen"], "eval_tasks": 2, "rows": [row]})
+    assert "| untrained student | 50.0 | 0.50 | 12.0 | 1 |" in text and "steps | cycles |" in text
+    assert "came back to an earlier state" in text
+
+
 class _ListEnvironmentsOnly:
     """An environment stub that answers ListEnvironments with the given infos."""
 

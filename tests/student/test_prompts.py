@@ -228,3 +228,80 @@ def test_chat_prompt_folds_the_system_message_for_templates_without_one():
 def test_prompts_module_is_torch_free():
     source = inspect.getsource(prompts)
     assert "import torch" not in source and "transformers" not in source.split('"""', 2)[2]
+
+
+def _household_walk(actions):
+    """(goal, steps) of a real household episode: steps[t] = (history before t, observation, candidates)."""
+    from services.environment.backends.household import HouseholdBackend
+    from services.environment.service import EnvironmentSessions
+
+    sessions = EnvironmentSessions({"household": HouseholdBackend(valid_seen_tasks=4)})
+    reset = sessions.reset("household", task_id="train-00001")
+    obs, history, steps = reset.observation, [], []
+    for action in actions:
+        steps.append((list(history), obs.text, list(obs.candidates)))
+        history.append((obs.text, action))
+        obs = sessions.step(reset.session_id, action)
+    steps.append((list(history), obs.text, list(obs.candidates)))
+    return reset.task.goal, steps
+
+
+def test_prompt_state_keys_repeat_when_every_later_prompt_would_repeat():
+    goal, steps = _household_walk(["go to fridge 1", "go to cabinet 1", "go to fridge 1", "go to cabinet 1",
+                                   "go to fridge 1"])
+
+    def key(t, window=1):
+        history, observation, candidates = steps[t]
+        return prompts.prompt_state_key("household", goal, history, observation, candidates, history_window=window)
+
+    def prompt(t, window=1):
+        history, observation, candidates = steps[t]
+        return render_messages("household", goal, history, observation, candidates, history_window=window)
+
+    # At the cabinet after the fridge, twice: same notes, same last turn, same observation.
+    assert key(2) == key(4) and prompt(2) == prompt(4)
+    assert key(3) == key(5) and prompt(3) == prompt(5)
+    # At the fridge the first time the notes had not seen the cabinet yet.
+    assert key(1) != key(3) and prompt(1) != prompt(3)
+    # Two turns shown: the turn before differs (the first observation against the fridge's).
+    assert key(2, window=2) != key(4, window=2)
+    assert key(3, window=2) == key(5, window=2)
+
+
+def test_prompt_state_keys_hold_the_notes_whole_state_not_only_the_lines_shown():
+    goal = "Your task is to: put a clean apple in fridge."
+    room = "You are in the middle of a room. Looking quickly around you, you see a cabinet 1, a drawer 1, and a fridge 1."
+    cabinet = "You arrive at cabinet 1. On the cabinet 1, you see a mug 1."
+    drawer = "You arrive at drawer 1. On the drawer 1, you see a pen 1."
+    nothing_held = "You are not carrying anything."
+    candidates = ["go to cabinet 1", "go to drawer 1", "go to fridge 1", "inventory", "look"]
+    # Both searched both places; one stands at the cabinet, the other at the drawer, and no line says where.
+    at_cabinet = [(room, "go to drawer 1"), (drawer, "go to cabinet 1"), (cabinet, "inventory")]
+    at_drawer = [(room, "go to cabinet 1"), (cabinet, "go to drawer 1"), (drawer, "inventory")]
+
+    def both(fn, turn=None, observation=nothing_held):
+        return [fn("household", goal, h + ([turn] if turn else []), observation, candidates, history_window=0)
+                for h in (at_cabinet, at_drawer)]
+
+    same_now = both(render_messages)
+    assert same_now[0] == same_now[1]
+    keys = both(prompts.prompt_state_key)
+    assert keys[0] != keys[1]
+    # The place the agent stands at shows later: an apple found "here" or "at cabinet 1".
+    later = both(render_messages, (nothing_held, "look"),
+                 "You open the cabinet 1. The cabinet 1 is open. In it, you see an apple 1.")
+    assert later[0] != later[1]
+
+
+def test_prompt_state_keys_of_environments_without_notes_follow_the_turns_shown():
+    def key(history, window):
+        return prompts.prompt_state_key("textworld", "Eat the apple.", history, "You are in the kitchen.",
+                                        ["go north", "eat apple"], history_window=window)
+
+    older = [("You are in the hall.", "go south"), ("You are in the kitchen.", "go north")]
+    other = [("You are in the cellar.", "go up"), ("You are in the kitchen.", "go north")]
+    assert key(older, 1) == key(other, 1)
+    assert key(older, 2) != key(other, 2)
+    assert key(older, -1) != key(other, -1)
+    assert key(older, 1) != prompts.prompt_state_key("textworld", "Eat the apple.", older, "You are in the kitchen.",
+                                                     ["go north"], history_window=1)
