@@ -1,7 +1,7 @@
 """The whole-prompt KV cache on its own: the longest common prefix wins, per adapter; a prompt always
-leaves its last token to prefill; rows are cut out of a padded batch by their mask; a prompt replaces the
-entry it reused; entries are bounded in bytes (least recently used dropped); caches it cannot reuse turn
-it off."""
+leaves its last token to prefill; rows are cut out of a padded batch by their mask; an entry another
+prompt reused stays; entries are bounded in bytes (least recently used dropped); caches it cannot reuse
+turn it off."""
 
 from __future__ import annotations
 
@@ -48,11 +48,11 @@ def test_the_longest_common_prefix_of_the_same_adapter_is_reused():
     _filled(cache, None, [other, episode])
     _filled(cache, "adapter_1", [episode + [7, 8, 9]])
     step = episode[:35] + [1, 2, 3]  # the next prompt: 35 tokens in common with `episode`, 20 with `other`
-    kv, n, _ = cache.longest(None, step)
+    kv, n = cache.longest(None, step)
     assert n == 35 and _tokens(kv) == step[:35]
     assert len(kv) == LAYERS and float(kv[1][0][0, 0, 0, 0]) == 1000 + step[0]
     assert float(kv[1][1][0, 0, 0, 0]) == -(1000 + step[0]), "values travel with their keys"
-    kv, n, _ = cache.longest("adapter_1", step)
+    kv, n = cache.longest("adapter_1", step)
     assert n == 35, "the adapter's own entry, not the base model's"
     assert cache.longest("adapter_2", step) is None, "no entry of this adapter"
 
@@ -61,9 +61,9 @@ def test_a_prompt_keeps_its_last_token_to_prefill_and_short_prefixes_are_not_reu
     cache = PromptCache(max_bytes=10**8)
     prompt = list(range(MIN_PREFIX_TOKENS + 10))
     _filled(cache, None, [prompt])
-    kv, n, _ = cache.longest(None, prompt)
+    kv, n = cache.longest(None, prompt)
     assert n == len(prompt) - 1 and _tokens(kv) == prompt[:-1]
-    kv, n, _ = cache.longest(None, prompt[:MIN_PREFIX_TOKENS + 1])
+    kv, n = cache.longest(None, prompt[:MIN_PREFIX_TOKENS + 1])
     assert n == MIN_PREFIX_TOKENS
     assert cache.longest(None, prompt[:MIN_PREFIX_TOKENS]) is None  # would reuse fewer than the minimum
     assert cache.longest(None, prompt[:MIN_PREFIX_TOKENS - 1] + [-5] * 20) is None
@@ -85,7 +85,7 @@ def test_rows_are_cut_out_of_a_padded_batch_by_their_mask():
         layer.values[1] = -layer.keys[1]
     cache.put_rows([None, None, None], prompts, batch, mask)
     for prompt in prompts:
-        kv, n, _ = cache.longest(None, prompt + [1])
+        kv, n = cache.longest(None, prompt + [1])
         assert n == len(prompt) and _tokens(kv) == prompt
         assert not any(torch.isnan(k).any() or torch.isnan(v).any() for k, v in kv), "no pad column kept"
     # A row whose mask does not count its prompt's tokens is not kept (never a wrong KV).
@@ -130,20 +130,13 @@ def test_a_negative_or_zero_budget_is_off(budget):
     assert not PromptCache(max_bytes=budget).enabled
 
 
-def test_a_prompt_replaces_the_entry_it_reused_so_an_episode_keeps_one():
+def test_an_episode_coming_back_to_an_earlier_step_finds_it_whole():
     cache = PromptCache(max_bytes=10**8)
-    steps = [list(range(100, 130)) + [k] * 5 for k in range(4)]  # each step shares 30 tokens with the last
-    other = list(range(100, 125)) + [7] * 10
-    _filled(cache, None, [steps[0], other])
-    for step in steps[1:]:
-        hit = cache.longest(None, step)
-        assert hit.tokens == 30
-        batch, mask = _batch([step], [0])
-        cache.put_rows([None], [step], batch, mask, [hit.key])
-    assert [list(key[1]) for key in cache.entries] == [other, steps[-1]], "one entry for the episode, its last step"
+    # Steps share 30 tokens; the student goes to place 1, place 2, and back to place 1.
+    at = {k: list(range(100, 130)) + [k] * 5 for k in (1, 2)}
+    for place in (1, 2):
+        _filled(cache, None, [at[place]])
+    hit = cache.longest(None, at[1])
+    assert hit.tokens == len(at[1]) - 1, "the earlier step stays, reused whole but for its last token"
+    assert [list(key[1]) for key in cache.entries] == [at[2], at[1]], "and is now the most recently used"
     assert cache.nbytes == sum(e.nbytes for e in cache.entries.values())
-    # Storing a prompt that reused itself (the same prompt again) keeps it.
-    hit = cache.longest(None, steps[-1])
-    batch, mask = _batch([steps[-1]], [0])
-    cache.put_rows([None], [steps[-1]], batch, mask, [hit.key])
-    assert [list(key[1]) for key in cache.entries] == [other, steps[-1]]

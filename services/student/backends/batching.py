@@ -25,7 +25,7 @@ class Row:
     """A request inside the scheduler: its prompt, its sampling state and what it generated so far."""
 
     __slots__ = ("request", "future", "enqueued", "generator", "tokens", "position", "max_batch", "started",
-                 "choice", "cached_tokens", "reused_prompt")
+                 "choice", "cached_tokens")
 
     def __init__(self, request: GenerationRequest, future: Future, choice: ActionChoice | None = None):
         self.request = request
@@ -39,8 +39,6 @@ class Row:
         self.choice = choice
         #: Prompt tokens whose KV came from the prefix cache (not prefilled for this row).
         self.cached_tokens = 0
-        #: The prompt-cache entry this row's prefix came from (replaced by this row's prompt), or None.
-        self.reused_prompt = None
 
 
 def resolve(future: Future, result: Any) -> None:

@@ -291,8 +291,7 @@ class LocalBackend(Backend):
                            position_ids=positions.to(self.device), past_key_values=cache)
         self.can_join = self.can_join and all(is_full_attention(layer) for layer in cache.layers)
         self.prompt_cache.put_rows([row.request.adapter_handle for row in rows],
-                                   [row.request.prompt.ids for row in rows], cache, mask,
-                                   [row.reused_prompt for row in rows])
+                                   [row.request.prompt.ids for row in rows], cache, mask)
         return Batch(rows, cache, mask.to(self.device), out.logits[:, -1, :].float())
 
     def _prefix_for(self, row: Row) -> PrefixKV | None:
@@ -302,7 +301,7 @@ class LocalBackend(Backend):
         ids = row.request.prompt.ids
         reused = self.prompt_cache.longest(row.request.adapter_handle, ids) if self.prefix_cache.enabled else None
         if reused is not None and reused.tokens >= n:
-            row.cached_tokens, row.reused_prompt = reused.tokens, reused.key
+            row.cached_tokens = reused.tokens
             return reused.kv
         if not self.prefix_cache.usable(n, len(ids)):
             return None
