@@ -65,6 +65,9 @@ class StudentConfig:
     max_batch_size: int = student_defaults.DEFAULT_MAX_BATCH_SIZE
     max_prefill_rows: int = student_defaults.DEFAULT_MAX_PREFILL_ROWS
     max_wait_ms: int = student_defaults.DEFAULT_MAX_WAIT_MS
+    #: The student's whole-prompt KV cache in MiB (`leap student serve --prompt-cache-mb`). A prompt's
+    #: KV takes twice the bytes in fp32 as in bf16.
+    prompt_cache_mb: int = student_defaults.DEFAULT_PROMPT_CACHE_MB
 
 
 @dataclass
@@ -136,6 +139,8 @@ class RunConfig:
             problems.append("environment.eval_tasks and demo_tasks must be >= 1")
         if self.concurrency < 1:
             problems.append("concurrency must be >= 1")
+        if self.student.prompt_cache_mb < 0:
+            problems.append("student.prompt_cache_mb must be >= 0 (0: the system message only)")
         if self.retry.train_attempts < 1:
             problems.append("retry.train_attempts must be >= 1")
         options = self.environment.options

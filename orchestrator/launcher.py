@@ -84,6 +84,7 @@ class LocalServices:
                                     "--max-batch-size", str(s.max_batch_size),
                                     "--max-prefill-rows", str(s.max_prefill_rows), "--max-wait-ms", str(s.max_wait_ms),
                                     "--history-window", str(s.history_window),
+                                    "--prompt-cache-mb", str(s.prompt_cache_mb),
                                     # LoadAdapter reads only under the run: the trainer writes its checkpoints there.
                                     "--adapters-root", str(self.run_dir), *common], {})
         if not start_trainer:

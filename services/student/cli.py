@@ -13,6 +13,7 @@ from services.student.defaults import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_PREFILL_ROWS,
     DEFAULT_MAX_WAIT_MS,
+    DEFAULT_PROMPT_CACHE_MB,
 )
 
 DEFAULT_PORT = 50061
@@ -98,7 +99,7 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix-cache", choices=["on", "off"], default=env_default("prefix-cache", "on"),
                    help="keep the KV cache of the shared system message per adapter and prefill only the rest of "
                         "each prompt (local backend) [LEAP_PREFIX_CACHE]")
-    g.add_argument("--prompt-cache-mb", type=int, default=env_default("prompt-cache-mb", 1024),
+    g.add_argument("--prompt-cache-mb", type=int, default=env_default("prompt-cache-mb", DEFAULT_PROMPT_CACHE_MB),
                    help="with --prefix-cache on: keep each prefilled prompt's KV (up to this many MiB, least recently "
                         "used dropped) and prefill a later prompt only past its longest common prefix with one of "
                         "them; 0: the system message only. A client can time whether a prefix was seen before: "

@@ -10,5 +10,8 @@ DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_MAX_PREFILL_ROWS = 16
 #: How long the scheduler waits for more requests before it starts a batch.
 DEFAULT_MAX_WAIT_MS = 20
+#: MiB of prefilled prompts' KV kept for reuse (the whole-prompt cache); 0 keeps the system message only.
+DEFAULT_PROMPT_CACHE_MB = 1024
 
-__all__ = ["DEFAULT_HISTORY_WINDOW", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_PREFILL_ROWS", "DEFAULT_MAX_WAIT_MS"]
+__all__ = ["DEFAULT_HISTORY_WINDOW", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_PREFILL_ROWS", "DEFAULT_MAX_WAIT_MS",
+           "DEFAULT_PROMPT_CACHE_MB"]
