@@ -65,8 +65,9 @@ class StudentConfig:
     max_batch_size: int = student_defaults.DEFAULT_MAX_BATCH_SIZE
     max_prefill_rows: int = student_defaults.DEFAULT_MAX_PREFILL_ROWS
     max_wait_ms: int = student_defaults.DEFAULT_MAX_WAIT_MS
-    #: The student's whole-prompt KV cache in MiB (`leap student serve --prompt-cache-mb`). A prompt's
-    #: KV takes twice the bytes in fp32 as in bf16.
+    #: The whole-prompt KV cache in MiB of a student that `leap run` starts (`leap student serve
+    #: --prompt-cache-mb`; resident memory grows by up to this much). A prompt's KV takes twice the
+    #: bytes in fp32 as in bf16.
     prompt_cache_mb: int = student_defaults.DEFAULT_PROMPT_CACHE_MB
 
 
