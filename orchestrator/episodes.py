@@ -124,7 +124,7 @@ def steps_at_end(trajectory: common_pb2.Trajectory) -> list[common_pb2.Step]:
     if "cycle_start" not in trajectory.metadata:
         return steps
     first, horizon = int(trajectory.metadata["cycle_start"]), int(trajectory.metadata["steps_at_horizon"])
-    cycle = steps[first:] or steps[-1:]
+    cycle = steps[first:]  # the trajectory stops where the cycle first comes back: one whole period
     return steps[:first] + [cycle[k % len(cycle)] for k in range(horizon - first)]
 
 
