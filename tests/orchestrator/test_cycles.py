@@ -237,3 +237,35 @@ def test_a_student_view_that_repeats_over_a_changed_hidden_state_is_no_cycle(env
     # turn shown (the open door, "wait") comes back at step 5.
     assert not stuck.won and stuck.metadata["cycle_start"] == "4" and stuck.metadata["cycle_period"] == "1"
     assert len(stuck.steps) == 5 and stuck.truncated
+
+
+def test_the_state_digest_never_reaches_the_student(environment):
+    digests: list[str] = []
+
+    class Recording:
+        """The environment stub, noting every digest it hands the orchestrator."""
+
+        def __getattr__(self, name):
+            call = getattr(environment, name)
+
+            def recorded(request, timeout=None):
+                response = call(request, timeout=timeout)
+                observation = getattr(response, "observation", None)
+                if observation is not None and observation.state_digest:
+                    digests.append(observation.state_digest)
+                return response
+
+            return recorded
+
+    items = []
+
+    class Auditing(ScriptedStudent):
+        def Act(self, request, timeout=None):
+            items.append(request.SerializeToString())
+            return super().Act(request, timeout)
+
+    stubs = SimpleNamespace(env=Recording(), student=Auditing(by_observation))
+    for task in TASKS[:4]:
+        play_student_episode(stubs, task, settings(stop=True))
+    assert digests and items
+    assert not any(d.encode() in item for d in digests for item in items)

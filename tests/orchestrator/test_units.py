@@ -352,14 +352,14 @@ def test_a_run_on_an_environment_the_server_does_not_serve_stops_with_the_names(
         leap.demonstration_expert()
 
 
-def test_environment_options_reach_the_environment_server_command_line(tmp_path, monkeypatch):
+def _spawned_commands(tmp_path, monkeypatch, config) -> dict[str, list[str]]:
+    """The command lines `leap run`'s launcher gives the services it starts (up to its first wait)."""
     from orchestrator.launcher import LocalServices
 
-    config = load_config(preset="smoke", overrides={"environment": {"name": "alfworld",
-                                                                    "options": {"games": "/data/json_2.1.1"}}})
     launcher = LocalServices(tmp_path)
     spawned = {}
     monkeypatch.setattr(launcher, "_spawn", lambda name, args, env: spawned.setdefault(name, args))
+
     class Stop(Exception):
         pass
 
@@ -369,9 +369,20 @@ def test_environment_options_reach_the_environment_server_command_line(tmp_path,
     monkeypatch.setattr(launcher, "_wait_ports", stop)
     with pytest.raises(Stop):
         launcher.start(config)
-    args = spawned["environment"]
+    return spawned
+
+
+def test_environment_options_reach_the_environment_server_command_line(tmp_path, monkeypatch):
+    config = load_config(preset="smoke", overrides={"environment": {"name": "alfworld",
+                                                                    "options": {"games": "/data/json_2.1.1"}}})
+    args = _spawned_commands(tmp_path, monkeypatch, config)["environment"]
     assert args[:3] == ["env", "serve", "--env"] and args[3] == "alfworld"
     assert args[4:6] == ["--env-option", "alfworld:games=/data/json_2.1.1"]
+
+
+def test_the_prompt_cache_size_reaches_the_student_command_line(tmp_path, monkeypatch):
+    args = _spawned_commands(tmp_path, monkeypatch, load_config(preset="default"))["student"]
+    assert args[args.index("--prompt-cache-mb") + 1] == "2048"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -382,6 +393,11 @@ def test_environment_options_reach_the_environment_server_command_line(tmp_path,
     ("trainer:\n  epochs: 1e400\n", "trainer.epochs must be a finite number"),
     ("student:\n  constrain_action: 'yes'\n", "student.constrain_action must be true or false"),
     ("student: 3\n", "config key student must be a mapping"),
+    ("student:\n  prompt_cache_mb: -1\n", "student.prompt_cache_mb must be >= 0"),
+    ("student:\n  prompt_cache_mb: 1.5\n", "student.prompt_cache_mb must be a whole number"),
+    ("student:\n  prompt_cache_mb: \"2048\\0\"\n", "student.prompt_cache_mb must be a whole number"),  # NUL
+    ("student:\n  prompt_cache_mb: [1, [2]]\n", "student.prompt_cache_mb must be a whole number"),
+    ("environment:\n  stop_cycles: 'no'\n", "environment.stop_cycles must be true or false"),
     ("- a\n- b\n", "must be a mapping"),
 ])
 def test_config_types_are_checked_with_the_key_named(tmp_path, text, message):
@@ -396,3 +412,4 @@ def test_config_numbers_are_coerced_only_from_int_to_float(tmp_path):
     good.write_text("trainer:\n  epochs: 2\n  learning_rate: 0.001\n")
     config = load_config(good)
     assert config.trainer.epochs == 2.0 and isinstance(config.trainer.epochs, float)
+
