@@ -13,6 +13,7 @@ from services.student.defaults import (
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_PREFILL_ROWS,
     DEFAULT_MAX_WAIT_MS,
+    DEFAULT_PREFILL_GROUP_OVERHEAD_TOKENS,
     DEFAULT_PROMPT_CACHE_MB,
 )
 
@@ -58,6 +59,12 @@ def add_student_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-prefill-rows", type=int, default=env_default("max-prefill-rows", DEFAULT_MAX_PREFILL_ROWS),
                    help="rows prefilled together; the rest of a wide batch joins over the next steps (0: no limit) "
                         "[LEAP_MAX_PREFILL_ROWS]")
+    g.add_argument("--prefill-group-overhead-tokens", type=int,
+                   default=env_default("prefill-group-overhead-tokens", None),
+                   help="newcomers of uneven lengths are prefilled in separate passes when that saves more padding "
+                        "than a pass costs, counted in tokens (-1: always one pass; default: "
+                        f"{DEFAULT_PREFILL_GROUP_OVERHEAD_TOKENS} on a CPU, one pass on a GPU) "
+                        "[LEAP_PREFILL_GROUP_OVERHEAD_TOKENS]")
     g.add_argument("--max-wait-ms", type=float, default=env_default("max-wait-ms", float(DEFAULT_MAX_WAIT_MS)),
                    help="how long a queued row waits for companions before its batch starts [LEAP_MAX_WAIT_MS]")
     g.add_argument("--history-window", type=int, default=env_default("history-window", DEFAULT_HISTORY_WINDOW),
@@ -122,6 +129,8 @@ def build_service(args: argparse.Namespace):
         raise SystemExit("--act-workers must be at least 1")
     if args.prompt_cache_mb < 0:
         raise SystemExit("--prompt-cache-mb must be 0 (off) or more")
+    if args.prefill_group_overhead_tokens is not None and args.prefill_group_overhead_tokens < -1:
+        raise SystemExit("--prefill-group-overhead-tokens must be -1 (one pass), 0 or more")
     if args.backend == "local":
         from services.student.backends.local import LocalBackend, LocalOptions
         from services.student.checkpoints import CheckpointLimits
@@ -130,7 +139,7 @@ def build_service(args: argparse.Namespace):
             model=args.model, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size,
             max_prefill_rows=args.max_prefill_rows, max_wait_ms=args.max_wait_ms, stop_at_action_line=args.stop_at == "action",
             adapters_root=args.adapters_root, prefix_cache=args.prefix_cache == "on",
-            prompt_cache_mb=args.prompt_cache_mb,
+            prompt_cache_mb=args.prompt_cache_mb, prefill_group_overhead_tokens=args.prefill_group_overhead_tokens,
             checkpoint_limits=CheckpointLimits(max_weights_bytes=int(args.max_adapter_mb * 1024 * 1024)),
             merge_uniform_adapter=args.merge_adapter == "on"))
     else:

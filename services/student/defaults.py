@@ -12,6 +12,11 @@ DEFAULT_MAX_PREFILL_ROWS = 16
 DEFAULT_MAX_WAIT_MS = 20
 #: MiB of prefilled prompts' KV kept for reuse (the whole-prompt cache); 0 keeps the system message only.
 DEFAULT_PROMPT_CACHE_MB = 1024
+#: A prefill pass's fixed cost in prefilled tokens' worth of compute, on a CPU: newcomers of uneven
+#: lengths are prefilled in separate passes when that saves more padding (backends/prefill_plan.py).
+#: bench/prefill_groups_bench.py measured 39-51 tokens from a tiny pass, and on a default run's prefill
+#: shapes the least total time at 64-96 (0.81x the time of one padded pass in bf16, 0.87x in fp32).
+DEFAULT_PREFILL_GROUP_OVERHEAD_TOKENS = 64
 
 __all__ = ["DEFAULT_HISTORY_WINDOW", "DEFAULT_MAX_BATCH_SIZE", "DEFAULT_MAX_PREFILL_ROWS", "DEFAULT_MAX_WAIT_MS",
-           "DEFAULT_PROMPT_CACHE_MB"]
+           "DEFAULT_PREFILL_GROUP_OVERHEAD_TOKENS", "DEFAULT_PROMPT_CACHE_MB"]

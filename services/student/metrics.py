@@ -19,6 +19,8 @@ GENERATED_TOKENS = Counter("leap_student_generated_tokens_total", "Completion to
 PROMPT_TOKENS = Counter("leap_student_prompt_tokens_total", "Prompt tokens processed")
 PREFIX_CACHED_TOKENS = Counter("leap_student_prefix_cached_tokens_total",
                                "Prompt tokens served from the system-message KV cache instead of prefilled")
+PREFILL_PADDING_TOKENS = Counter("leap_student_prefill_padding_tokens_total",
+                                 "Padding positions computed by prefills (rows left-padded to their group's longest)")
 ACT_ITEMS = Counter("leap_student_act_items_total", "Items answered by Act, by adapter version and validity",
                     ["version", "valid"])
 ADAPTER_LOADS = Counter("leap_student_adapter_loads_total", "LoadAdapter calls by outcome (status code name)",

@@ -36,6 +36,25 @@ def test_serve_flags_defaults_and_environment(monkeypatch):
         (24, "tgi", "http://tgi:80", 3, 5.0)
 
 
+def test_prefill_grouping_flag_defaults_to_the_device_and_refuses_hostile_values(monkeypatch):
+    from orchestrator.cli import build_parser as parser_for
+    from services.student.cli import build_service
+
+    args = parser_for(["student", "serve"]).parse_args(["student", "serve"])
+    assert args.prefill_group_overhead_tokens is None  # the backend picks: measured CPU default, one pass on GPUs
+    monkeypatch.setenv("LEAP_PREFILL_GROUP_OVERHEAD_TOKENS", "-1")
+    args = parser_for(["student", "serve"]).parse_args(["student", "serve"])
+    assert args.prefill_group_overhead_tokens == -1
+    for hostile in ("-2", "-1000000000000"):
+        argv = ["student", "serve", "--prefill-group-overhead-tokens", hostile]
+        with pytest.raises(SystemExit, match="prefill-group-overhead-tokens"):
+            build_service(parser_for(argv).parse_args(argv))
+    for hostile in ("nan", "1e400", "4\x00"):
+        argv = ["student", "serve", "--prefill-group-overhead-tokens", hostile]
+        with pytest.raises(SystemExit):
+            parser_for(argv).parse_args(argv)
+
+
 def test_clients_cli_and_service_logic_import_without_torch():
     code = ("import sys\n"
             "import services.student.cli, services.student.client, services.student.prompts\n"

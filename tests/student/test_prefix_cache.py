@@ -191,3 +191,37 @@ def test_prefills_and_cached_prefixes_hold_no_spare_rows(backends, monkeypatch):
             for t in (keys, values):   # a view of one row and its spare columns, nothing more
                 assert t.shape[0] == 1
                 assert t.untyped_storage().nbytes() <= t[0, :, :1].numel() * t.element_size() * (t.shape[2] + GROW)
+
+
+def test_uneven_newcomers_are_prefilled_in_groups_with_the_tokens_of_one_pass(backends, prompt_cache, monkeypatch):
+    """Rows reusing most of their prompt and rows prefilling all of theirs: split into separate
+    passes (less padding), merged into one batch, with the answers of a single padded pass."""
+    cached, plain = backends
+    steps = _episode()
+    newcomers = steps[1:3] + _messages()[1:4]
+    expected = _generate(plain, newcomers)
+    passes = []
+    group = cached._prefill_group
+
+    def spy(rows, *args, **kwargs):
+        passes.append(len(rows))
+        return group(rows, *args, **kwargs)
+
+    def prefill_newcomers(overhead):
+        prompt_cache.forget(None)
+        for messages in steps[:2]:  # cached first: the newcomers' first two reuse most of them
+            _generate(cached, [messages])
+        passes.clear()
+        monkeypatch.setattr(cached.options, "prefill_group_overhead_tokens", overhead)
+        padding = metrics.PREFILL_PADDING_TOKENS._value.get()
+        tokens = _generate(cached, newcomers)
+        return tokens, list(passes), metrics.PREFILL_PADDING_TOKENS._value.get() - padding
+
+    monkeypatch.setattr(cached, "_prefill_group", spy)
+    tokens, passes_one, padding_one = prefill_newcomers(-1)
+    assert tokens == expected and passes_one == [len(newcomers)] and padding_one > 0
+    tokens, passes_split, padding_split = prefill_newcomers(0)
+    assert tokens == expected, "grouped prefills must answer as one pass does"
+    assert len(passes_split) > 1 and sum(passes_split) == len(newcomers)
+    assert padding_split < padding_one
+    prompt_cache.forget(None)

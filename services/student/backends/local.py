@@ -41,15 +41,17 @@ from services.runtime.errors import Unavailable
 from services.student import metrics
 from services.student.backends.adapter_loading import linear_shapes, load_adapter
 from services.student.backends.base import Backend, PreparedAdapter
-from services.student.backends.batching import Batch, Row
+from services.student.backends.batching import Batch, Row, merge_batches
 from services.student.backends.constrained import ActionConstraint
 from services.student.backends.cpu_kernels import DecodeKernelChooser, can_switch_onednn, onednn_enabled
 from services.student.backends.decoding import RowDecoder, generator_for
 from services.student.backends.kv_cache import is_full_attention, new_decode_cache
 from services.student.backends.lora import LoraAdapters
+from services.student.backends.prefill_plan import left_padded_inputs, plan_groups
 from services.student.backends.prefix_cache import PrefixCache, PrefixKV, PromptCache, SystemMessageIds, seed_cache
 from services.student.backends.scheduler import Scheduler
 from services.student.checkpoints import CheckpointLimits
+from services.student.defaults import DEFAULT_PREFILL_GROUP_OVERHEAD_TOKENS
 from services.student.prompts import chat_prompt
 from services.student.types import (
     CheckpointSpec,
@@ -77,6 +79,10 @@ class LocalOptions:
     #: attention grows with rows x length^2, so a wide decode batch is best filled in chunks
     #: (0: up to max_batch_size at once).
     max_prefill_rows: int = 16
+    #: Newcomers of uneven lengths are prefilled in separate forward passes when that saves more
+    #: padding than a pass costs, in tokens' worth of compute (`prefill_plan`). -1: always one pass;
+    #: None: the measured CPU default, and one pass on a GPU (padding runs in parallel there).
+    prefill_group_overhead_tokens: int | None = None
     #: How long the first queued row waits for companions before a new batch starts, and how long
     #: newcomers may wait before they are prefilled into a running batch.
     max_wait_ms: float = 10.0
@@ -261,29 +267,34 @@ class LocalBackend(Backend):
         return model(**inputs, use_cache=True, logits_to_keep=1)
 
     def prefill(self, rows: list[Row]) -> Batch:
+        """Prefill newcomers on top of their cached prefixes, in groups that waste little on padding
+        (`prefill_plan`), merged into one batch."""
         for row in rows:
             row.generator = generator_for(row.request.sampling, self.device)
         prefixes = [self._prefix_for(row) for row in rows]  # a miss is computed here, for this row
-        lengths = [len(row.request.prompt.ids) for row in rows]
         shared = [p[0][0].shape[2] if p else 0 for p in prefixes]
+        rest = [len(row.request.prompt.ids) - n for row, n in zip(rows, shared)]
+        overhead = self.options.prefill_group_overhead_tokens
+        overhead = (DEFAULT_PREFILL_GROUP_OVERHEAD_TOKENS if self.device == "cpu" else -1) if overhead is None else overhead
+        groups = [list(range(len(rows)))] if overhead < 0 else plan_groups(rest, shared, overhead_tokens=overhead)
+        batch = None
+        for group in groups:  # widest first, with spare rows: the later groups join its KV buffers in place
+            part = self._prefill_group([rows[i] for i in group], [prefixes[i] for i in group],
+                                       [shared[i] for i in group], max_rows=len(rows) if batch is None else len(group))
+            batch = part if batch is None else merge_batches(batch, part, max_rows=len(rows))
+        return batch
+
+    def _prefill_group(self, rows: list[Row], prefixes: list[PrefixKV | None], shared: list[int], *, max_rows: int):
+        """One forward pass over `rows`' uncached tokens, each left-padded to the longest."""
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids, mask, positions = left_padded_inputs([row.request.prompt.ids for row in rows], shared, pad)
+        for row in rows:
+            row.position = len(row.request.prompt.ids)
         prefix_width = max(shared)
-        rest = [length - n for length, n in zip(lengths, shared)]
-        width = max(rest)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), prefix_width + width), dtype=torch.long)
-        positions = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (row, length, n, m) in enumerate(zip(rows, lengths, shared, rest)):
-            input_ids[i, width - m:] = torch.tensor(row.request.prompt.ids[n:], dtype=torch.long)
-            mask[i, prefix_width - n:prefix_width] = 1
-            mask[i, prefix_width + width - m:] = 1
-            positions[i, width - m:] = torch.arange(n, length, dtype=torch.long)
-            row.position = length
-        # No spare rows: most prefills join a running batch and are dropped once merged; one that starts
-        # a batch gets them on its first join (a copy once per batch, against a prefill-sized buffer of
-        # zeros kept through every merge).
-        cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place,
-                                 max_rows=len(rows))
+        metrics.PREFILL_PADDING_TOKENS.inc(input_ids.numel() + sum(shared) - sum(len(r.request.prompt.ids) for r in rows))
+        # Spare rows for the other groups only: a prefill joins a running batch and is dropped, or gets
+        # more on its first join (a copy once per batch, not a buffer of zeros kept through every merge).
+        cache = new_decode_cache(self.model.config, append_in_place=self.options.kv_append_in_place, max_rows=max_rows)
         if prefix_width:
             seed_cache(cache, prefixes, shared, prefix_width)
             metrics.PREFIX_CACHED_TOKENS.inc(sum(row.cached_tokens for row in rows))  # hits; a miss was prefilled
