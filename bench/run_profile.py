@@ -15,7 +15,8 @@ FLOPs counted are those of the weight matrices only, a lower bound (attention sc
 norms are left out): 2 x N per prefilled or decoded token, where N is the model's parameters less its
 embeddings (prefill computes the LM head for the last position only; decoding for every token, so
 decoded tokens add 2 x vocabulary x width); 4 x N per trained token (LoRA on a frozen base: the forward
-pass and the backward pass through the activations; the LoRA weights' own gradients are negligible).
+pass and the backward pass through the activations; the LoRA weights' own gradients are negligible),
+less the tokens of a prefix shared by a batch's rows, which run once (the trainer's shared_prefix_tokens).
 Achieved FLOP/s of a phase = its FLOPs / its wall time, shown as a share of the peak of the dtype the
 student ran in. Results go to bench/results/run_profile.json and run_profile.md (rewritten per run).
 """
@@ -97,7 +98,8 @@ def profile_of(run_dir: Path, model: dict, peak: float) -> list[dict]:
     for work in phase_profile(run_dir):
         seconds = max(1e-9, work["seconds"])
         flops = (2 * n * work.get("prefilled_tokens", 0) + 2 * (n + head) * work.get("decoded_tokens", 0)
-                 + 2 * head * work.get("student_steps", 0) + 4 * n * work.get("trained_tokens", 0))
+                 + 2 * head * work.get("student_steps", 0)
+                 + 4 * n * (work.get("trained_tokens", 0) - work.get("shared_prefix_tokens", 0)))
         rows.append({**work, "gflop": round(flops / 1e9, 1), "gflop_per_s": round(flops / seconds / 1e9, 2),
                      "share_of_peak": round(flops / seconds / peak, 4)})
     return rows

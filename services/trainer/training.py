@@ -194,11 +194,14 @@ class _TargetOnlySFTTrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         labels = inputs["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
         with self.accelerator.autocast():
-            hidden = causal_lm.base_model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                                          use_cache=False).last_hidden_state[:, :-1]
+            hidden, skipped = backbone_hidden_states(causal_lm, inputs["input_ids"], inputs.get("attention_mask"),
+                                                     inputs["labels"], share_prefix=self._can_share_prefix(causal_lm))
+            if model.training and skipped:
+                self.shared_prefix_tokens = getattr(self, "shared_prefix_tokens", 0) + (len(labels) - 1) * skipped
+            mask = labels[:, skipped:] != IGNORE_INDEX
             logits = causal_lm.get_output_embeddings()(hidden[mask]).float()
+        labels = labels[:, skipped:]
         targets = labels[mask]
         count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
         loss = torch.nn.functional.cross_entropy(logits, targets, reduction="sum") / torch.as_tensor(count).clamp(min=1)
@@ -217,6 +220,64 @@ class _TargetOnlySFTTrainer(SFTTrainer):
                 self._total_train_tokens += int(inputs["attention_mask"].sum().item())
                 store[mode]["num_tokens"] = [self._total_train_tokens]
         return loss
+
+    def _can_share_prefix(self, causal_lm) -> bool:
+        """Sharing a prefix's forward pass between rows is exact only without dropout (it would share
+        the dropout noise too): no active Dropout module, no attention dropout."""
+        if getattr(self, "_share_prefix", None) is None:
+            config = getattr(causal_lm, "config", None)
+            self._share_prefix = (float(getattr(config, "attention_dropout", 0.0) or 0.0) == 0.0 and not any(
+                isinstance(m, torch.nn.Dropout) and m.p > 0 for m in causal_lm.modules()))
+        return self._share_prefix
+
+
+#: Rows share a prefix's forward pass only past this many tokens (less saves less than it costs).
+MIN_SHARED_PREFIX_TOKENS = 16
+
+
+def shared_prefix_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> int:
+    """How many leading tokens every row of a batch has in common, unmasked and before any labelled
+    position's predecessor (so every position the loss reads lies after them); 0 for one row."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(dim=0)
+    if attention_mask is not None:
+        same &= attention_mask.bool().all(dim=0)
+    common = int(same.long().cumprod(dim=0).sum())
+    labelled = labels != IGNORE_INDEX
+    if not bool(labelled.any(dim=1).all()):
+        return 0
+    first_label = int(labelled.long().argmax(dim=1).min())
+    return max(0, min(common, first_label - 1))
+
+
+def backbone_hidden_states(causal_lm, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                           labels: torch.Tensor, *, share_prefix: bool) -> tuple[torch.Tensor, int]:
+    """The backbone's last hidden states at positions `skipped` .. length-2 (those that predict a next
+    token), and `skipped`.
+
+    LEAP rows open with the same system message (a third of a household row's tokens). When every row
+    of the batch starts with the same `n` tokens, they run once, as one row, and the other rows
+    attend to that row's keys and values, broadcast: the same activations and, through the
+    broadcast, the same summed gradients as running the prefix in every row, for (rows - 1) x n fewer
+    tokens. The positions before `n` predict no labelled token, so the caller never needs them.
+    """
+    n = shared_prefix_tokens(input_ids, attention_mask, labels) if share_prefix else 0
+    backbone = causal_lm.base_model
+    if n < MIN_SHARED_PREFIX_TOKENS:
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state[:, :-1], 0
+    rows, length = input_ids.shape
+    prefix = backbone(input_ids=input_ids[:1, :n], use_cache=True).past_key_values
+    for layer in prefix.layers:
+        layer.keys = layer.keys.expand(rows, -1, -1, -1)
+        layer.values = layer.values.expand(rows, -1, -1, -1)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    positions = torch.arange(n, length, device=input_ids.device).expand(rows, -1)
+    out = backbone(input_ids=input_ids[:, n:], attention_mask=attention_mask, position_ids=positions,
+                   past_key_values=prefix, use_cache=True)
+    return out.last_hidden_state[:, :-1], n
 
 
 class _TokenizedDPOTrainer(DPOTrainer):
@@ -391,6 +452,7 @@ def train(*, method: str, base_model: str, hp: HyperParameters, examples: list[E
     trainer.train()
     seconds = time.monotonic() - started
     trained = trainer.model
+    shared_prefix_tokens = float(getattr(trainer, "shared_prefix_tokens", 0))
     del trainer
     gc.collect()
 
@@ -401,6 +463,7 @@ def train(*, method: str, base_model: str, hp: HyperParameters, examples: list[E
         "loss_last": progress.losses[-1] if progress.losses else float("nan"),
         "train_seconds": seconds,
         "train_tokens": progress.tokens,
+        "shared_prefix_tokens": shared_prefix_tokens,  # of train_tokens, run once for several rows
         "tokens_per_second": progress.tokens / seconds if seconds > 0 else 0.0,
         "steps": float(len(progress.losses)),
         "examples": float(len(encoded.rows)),

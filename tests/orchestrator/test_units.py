@@ -413,3 +413,15 @@ def test_config_numbers_are_coerced_only_from_int_to_float(tmp_path):
     config = load_config(good)
     assert config.trainer.epochs == 2.0 and isinstance(config.trainer.epochs, float)
 
+
+
+def test_a_training_jobs_work_keeps_the_tokens_its_shared_prefixes_saved():
+    from leap.v1 import trainer_pb2
+    from orchestrator.work import training_work
+
+    job = trainer_pb2.Job()
+    job.progress.metrics.update({"train_tokens": 1000.0, "train_seconds": 4.5, "steps": 10.0,
+                                 "shared_prefix_tokens": 212.0, "loss_last": 0.3})
+    assert training_work(job) == {"trained_tokens": 1000.0, "train_seconds": 4.5, "train_steps": 10.0,
+                                  "shared_prefix_tokens": 212.0}
+    assert training_work(trainer_pb2.Job()) == {}

@@ -128,6 +128,66 @@ def test_sft_loss_on_target_positions_equals_trl_full_head_loss(tmp_path):
     assert torch.nn.functional.cosine_similarity(ours_grad, trl_grad, dim=0) > 0.99
 
 
+def test_a_shared_prefix_runs_once_with_the_loss_and_gradients_of_every_row_running_it(tmp_path):
+    """Rows opening with the same system message run it once; the loss and every LoRA gradient are
+    those of the plain forward pass (fp32, no dropout), and a batch without one takes the plain path."""
+    import torch
+
+    from services.trainer import training as T
+    from services.trainer.datasets import validate_row
+    from services.trainer.jobs import HyperParameters
+
+    rows = [{**r, "messages": messages(i), "completion": CHOSEN.replace("fridge", "fridge" if i % 2 else "cabinet")}
+            for i, r in enumerate(sft_rows(3))]
+    examples = [e for k, r in enumerate(rows) for e in validate_row(r, "sft", f"x:{k}")]
+    for dropout in (0.1, 0.0):  # with LoRA dropout, rows must draw their own noise: no sharing
+        hp = HyperParameters(**{**TINY, "lora_dropout": dropout}).resolve("sft")
+        model, tokenizer = T.load_policy("smollm2", "cpu", None)
+        model = model.float()
+        encoded = T.encode_examples(tokenizer, "sft", examples, hp)
+        args = T.training_arguments("sft", hp, str(tmp_path), "cpu", torch.float32)
+        trainer = T.build_trainer("sft", model, tokenizer, encoded.rows, args, T.lora_config(hp))
+        assert trainer._can_share_prefix(trainer.model.get_base_model()) is (dropout == 0.0)
+    with torch.no_grad():
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.02)
+    collate = trainer.get_train_dataloader().collate_fn
+    batch = trainer._prepare_inputs(collate([dict(r) for r in encoded.rows]))
+    shared = T.shared_prefix_tokens(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    system = len(tokenizer(T.render_prompt(tokenizer, messages(0)[:1]), add_special_tokens=False)["input_ids"])
+    assert T.MIN_SHARED_PREFIX_TOKENS < shared and shared >= system - 2
+    results = []
+    for share in (True, False):
+        trainer.model.zero_grad()
+        trainer._share_prefix = share
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        loss.backward()
+        results.append((float(loss), [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]))
+    (shared_loss, shared_grads), (plain_loss, plain_grads) = results
+    assert shared_loss == pytest.approx(plain_loss, rel=1e-5)
+    assert len(shared_grads) == len(plain_grads) > 0
+    for a, b in zip(shared_grads, plain_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    hidden, skipped = T.backbone_hidden_states(trainer.model.get_base_model(), batch["input_ids"], batch["attention_mask"],
+                                               batch["labels"], share_prefix=True)
+    assert skipped == shared and hidden.shape[1] == batch["input_ids"].shape[1] - 1 - shared
+
+
+def test_the_shared_prefix_stops_before_the_first_target_and_needs_two_rows():
+    import torch
+
+    from services.trainer.training import shared_prefix_tokens
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9, 9]])
+    labels = torch.tensor([[-100, -100, -100, -100, 5, 6], [-100, -100, -100, -100, -100, 9]])
+    assert shared_prefix_tokens(ids, None, labels) == 3  # the position before row 0's first target is read
+    assert shared_prefix_tokens(ids, torch.tensor([[1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]]), labels) == 0
+    assert shared_prefix_tokens(ids[:1], None, labels[:1]) == 0
+    assert shared_prefix_tokens(torch.tensor([[7, 2], [1, 2]]), None, torch.tensor([[-100, 2], [-100, 2]])) == 0
+    assert shared_prefix_tokens(ids, None, torch.full_like(labels, -100)) == 0  # a row without targets
+
+
 def test_sft_lowers_the_loss_and_writes_a_versioned_checkpoint(server, client, sft_and_dpo, workdir):
     sft_id, dpo_id = sft_and_dpo
     # Watch for a while, drop the connection, then watch again from a new one until the end.
