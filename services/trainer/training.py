@@ -223,11 +223,19 @@ class _TargetOnlySFTTrainer(SFTTrainer):
 
     def _can_share_prefix(self, causal_lm) -> bool:
         """Sharing a prefix's forward pass between rows is exact only without dropout (it would share
-        the dropout noise too): no active Dropout module, no attention dropout."""
+        the dropout noise too): no active Dropout module, no attention dropout; and only where every
+        layer's cache keeps the whole sequence (a sliding window would drop part of the prefix)."""
         if getattr(self, "_share_prefix", None) is None:
+            from transformers import DynamicCache
+            from transformers.cache_utils import DynamicLayer
+
             config = getattr(causal_lm, "config", None)
-            self._share_prefix = (float(getattr(config, "attention_dropout", 0.0) or 0.0) == 0.0 and not any(
-                isinstance(m, torch.nn.Dropout) and m.p > 0 for m in causal_lm.modules()))
+            try:
+                full_attention = all(type(layer) is DynamicLayer for layer in DynamicCache(config=config).layers)
+            except Exception:  # noqa: BLE001 - a model whose cache cannot be described: never share
+                full_attention = False
+            self._share_prefix = full_attention and float(getattr(config, "attention_dropout", 0.0) or 0.0) == 0.0 \
+                and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in causal_lm.modules())
         return self._share_prefix
 
 

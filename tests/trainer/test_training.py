@@ -174,6 +174,29 @@ def test_a_shared_prefix_runs_once_with_the_loss_and_gradients_of_every_row_runn
     assert skipped == shared and hidden.shape[1] == batch["input_ids"].shape[1] - 1 - shared
 
 
+def test_no_prefix_is_shared_with_dropout_or_a_sliding_window():
+    """Tiny random models: a full-attention one without dropout shares; attention dropout, a Dropout
+    module or a sliding-window cache (which would keep only part of the prefix) turn it off."""
+    import types
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+    from services.trainer.training import _TargetOnlySFTTrainer
+
+    def can_share(model):
+        return _TargetOnlySFTTrainer._can_share_prefix(types.SimpleNamespace(), model)
+
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2)
+    assert can_share(LlamaForCausalLM(LlamaConfig(**small)))
+    assert not can_share(LlamaForCausalLM(LlamaConfig(**small, attention_dropout=0.1)))
+    with_dropout = LlamaForCausalLM(LlamaConfig(**small))
+    with_dropout.model.layers[0].mlp.dropout = torch.nn.Dropout(0.2)
+    assert not can_share(with_dropout)
+    assert not can_share(MistralForCausalLM(MistralConfig(**small, sliding_window=8)))
+
+
 def test_the_shared_prefix_stops_before_the_first_target_and_needs_two_rows():
     import torch
 
