@@ -43,7 +43,7 @@ def plan_groups(lengths: list[int], cached: list[int] | None = None, *,
         raise ValueError(f"{n} lengths but {len(cached)} cached prefixes")
     order = sorted(range(n), key=lambda i: lengths[i])
     # best[j]: the least cost of the first j rows in sorted order; cut[j]: where its last group starts.
-    best = [0] + [0] * n
+    best = [0] * (n + 1)
     cut = [0] * (n + 1)
     for j in range(1, n + 1):
         longest = lengths[order[j - 1]]
