@@ -99,7 +99,8 @@ def profile_of(run_dir: Path, model: dict, peak: float) -> list[dict]:
         seconds = max(1e-9, work["seconds"])
         flops = (2 * n * work.get("prefilled_tokens", 0) + 2 * (n + head) * work.get("decoded_tokens", 0)
                  + 2 * head * work.get("student_steps", 0)
-                 + 4 * n * (work.get("trained_tokens", 0) - work.get("shared_prefix_tokens", 0)))
+                 + (2 + 2 * work.get("backward_layer_share", 1.0)) * n
+                 * (work.get("trained_tokens", 0) - work.get("shared_prefix_tokens", 0)))
         rows.append({**work, "gflop": round(flops / 1e9, 1), "gflop_per_s": round(flops / seconds / 1e9, 2),
                      "share_of_peak": round(flops / seconds / peak, 4)})
     return rows
@@ -117,7 +118,7 @@ def markdown(result: dict) -> str:
              f"`leap run --preset {result['preset']}`{' --config ' + result['config'] if result['config'] else ''} on "
              f"{result['machine']['cpus']} CPUs ({result['machine']['processor']}), torch {result['machine']['torch']}.",
              "FLOPs are the weight matrices' only (a lower bound): 2N per prefilled or decoded token (+ the LM head "
-             "per decoded token and per step), 4N per trained token; N = parameters less embeddings. The share of "
+             "per decoded token and per step), 4N per trained token (2N forward, 2N backward; the backward's share of the layers when LoRA sits on the last ones only) less the tokens of shared prefixes; N = parameters less embeddings. The share of "
              "peak is taken against the student's dtype (the trainer measures its own dtype the same way); phases "
              "that load a model or start a job count that time too.", ""]
     for isa, run in result["runs"].items():

@@ -90,6 +90,8 @@ class TrainerConfig:
     target_modules: list[str] = field(default_factory=list)  # empty: the trainer's default (attention projections)
     learning_rate: float = 3e-4
     epochs: float = 1.0
+    leap_epochs: float = 0.0       # epochs of iterations >= 1, which continue from the previous adapter (0: epochs)
+    lora_last_layers: int = 0      # LoRA on the last N decoder layers only (0: every layer); cheaper backward
     batch_size: int = 8
     max_length: int = 512
     max_steps: int = 0
@@ -142,6 +144,10 @@ class RunConfig:
             problems.append("concurrency must be >= 1")
         if self.student.prompt_cache_mb < 0:
             problems.append("student.prompt_cache_mb must be >= 0 (0: the system message only)")
+        if self.trainer.epochs <= 0 or self.trainer.leap_epochs < 0:
+            problems.append("trainer.epochs must be > 0 and trainer.leap_epochs >= 0 (0: the same as epochs)")
+        if self.trainer.lora_last_layers < 0:
+            problems.append("trainer.lora_last_layers must be >= 0 (0: LoRA on every decoder layer)")
         if self.retry.train_attempts < 1:
             problems.append("retry.train_attempts must be >= 1")
         options = self.environment.options

@@ -391,11 +391,14 @@ class LeapRun:
         path = ds.write_rows(self.run_dir / "datasets" / f"train-iter{i}-{method}.jsonl", mixed)
         return {"rows_file": str(own), "rows": len(rows), "mixed_file": str(path), "mixed_rows": len(mixed)}
 
-    def _hyper(self) -> trainer_pb2.HyperParameters:
+    def _hyper(self, i: int) -> trainer_pb2.HyperParameters:
+        """Iteration `i`'s hyper-parameters: LEAP iterations (i >= 1) continue from the previous adapter
+        and train `leap_epochs` epochs where set."""
         t = self.config.trainer
+        epochs = t.leap_epochs if i > 0 and t.leap_epochs > 0 else t.epochs
         return trainer_pb2.HyperParameters(lora_r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout,
-                                           target_modules=list(t.target_modules),
-                                           learning_rate=t.learning_rate, epochs=t.epochs, batch_size=t.batch_size,
+                                           target_modules=list(t.target_modules), lora_last_layers=t.lora_last_layers,
+                                           learning_rate=t.learning_rate, epochs=epochs, batch_size=t.batch_size,
                                            max_length=t.max_length, max_steps=t.max_steps, beta=t.beta,
                                            seed=self.config.seed)
 
@@ -414,7 +417,7 @@ class LeapRun:
             method=training_methods.to_proto(self._method(i)),
             datasets=[common_pb2.ArtifactRef(uri=str(Path(dataset["mixed_file"]).resolve()),
                                              sha256=dataset["mixed_sha256"], format="jsonl")],
-            base_model=self.config.student.model, output_name="student", hyper_parameters=self._hyper(),
+            base_model=self.config.student.model, output_name="student", hyper_parameters=self._hyper(i),
             run_dir=str(self.run_dir.resolve()),
         )
         if parent:

@@ -47,7 +47,8 @@ def training_work(job: trainer_pb2.Job) -> dict[str, float]:
     metrics = job.progress.metrics
     out = {}
     for key, name in (("train_tokens", "trained_tokens"), ("train_seconds", "train_seconds"),
-                      ("steps", "train_steps"), ("shared_prefix_tokens", "shared_prefix_tokens")):
+                      ("steps", "train_steps"), ("shared_prefix_tokens", "shared_prefix_tokens"),
+                      ("backward_layer_share", "backward_layer_share")):
         if key in metrics:
             out[name] = round(float(metrics[key]), 3)
     return out

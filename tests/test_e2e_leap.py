@@ -68,8 +68,13 @@ def test_smoke_run_completes_with_results(reference_run):
     assert (run_dir / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "LEAP results" in proc.stdout and "BC (iter 0)" in proc.stdout
     for version in ("v1", "v2"):
-        manifest = json.loads((run_dir / "checkpoints" / "student" / version / "manifest.json").read_text())
+        folder = run_dir / "checkpoints" / "student" / version
+        manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["method"] in ("sft", "TRAINING_METHOD_SFT")
+        # The preset's lora_last_layers: LoRA on SmolLM2's last 15 of 30 layers (v2 keeps its parent's),
+        # and the student served both (the iterations' evaluations above ran on them).
+        assert manifest["hyper_parameters"]["lora_last_layers"] == 15
+        assert json.loads((folder / "adapter_config.json").read_text())["layers_to_transform"] == list(range(15, 30))
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["environments"]["household"] and manifest["seed"] == 0
     assert not list(run_dir.rglob("*.partial")) and not list(run_dir.rglob("*.tmp"))

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from leap.v1 import common_pb2 as leap_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15leap/v1/trainer.proto\x12\x07leap.v1\x1a\x14leap/v1/common.proto\"\xc2\x02\n\x0fHyperParameters\x12\x0e\n\x06lora_r\x18\x01 \x01(\x05\x12\x12\n\nlora_alpha\x18\x02 \x01(\x05\x12\x19\n\x0clora_dropout\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0etarget_modules\x18\x04 \x03(\t\x12\x15\n\rlearning_rate\x18\x05 \x01(\x02\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x02\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x1d\n\x15gradient_accumulation\x18\x08 \x01(\x05\x12\x12\n\nmax_length\x18\t \x01(\x05\x12\x0c\n\x04\x62\x65ta\x18\n \x01(\x02\x12\x0c\n\x04seed\x18\x0b \x01(\x03\x12\x11\n\tmax_steps\x18\x0c \x01(\x05\x12\x14\n\x0clr_scheduler\x18\r \x01(\t\x12\x14\n\x0cwarmup_ratio\x18\x0e \x01(\x02\x42\x0f\n\r_lora_dropout\"\x88\x02\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06method\x18\x02 \x01(\x0e\x32\x17.leap.v1.TrainingMethod\x12&\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x14.leap.v1.ArtifactRef\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12&\n\x06parent\x18\x05 \x01(\x0b\x32\x16.leap.v1.CheckpointRef\x12\x13\n\x0boutput_name\x18\x06 \x01(\t\x12\x32\n\x10hyper_parameters\x18\x07 \x01(\x0b\x32\x18.leap.v1.HyperParameters\x12\x0f\n\x07run_dir\x18\x08 \x01(\t\"\xa4\x02\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.leap.v1.JobState\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x05\x12\r\n\x05\x65poch\x18\x05 \x01(\x02\x12\x0c\n\x04loss\x18\x06 \x01(\x02\x12\x19\n\x11tokens_per_second\x18\x07 \x01(\x02\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x02\x12\x32\n\x07metrics\x18\t \x03(\x0b\x32!.leap.v1.JobProgress.MetricsEntry\x12\x0f\n\x07message\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xff\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.leap.v1.StartJobRequest\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.leap.v1.JobState\x12&\n\x08progress\x18\x04 \x01(\x0b\x32\x14.leap.v1.JobProgress\x12*\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x16.leap.v1.CheckpointRef\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\".\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.leap.v1.Job*|\n\x0eTrainingMethod\x12\x1f\n\x1bTRAINING_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13TRAINING_METHOD_SFT\x10\x01\x12\x17\n\x13TRAINING_METHOD_DPO\x10\x02\x12\x17\n\x13TRAINING_METHOD_KTO\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xa9\x02\n\x0eTrainerService\x12\x32\n\x08StartJob\x12\x18.leap.v1.StartJobRequest\x1a\x0c.leap.v1.Job\x12<\n\x08WatchJob\x12\x18.leap.v1.WatchJobRequest\x1a\x14.leap.v1.JobProgress0\x01\x12.\n\x06GetJob\x12\x16.leap.v1.GetJobRequest\x1a\x0c.leap.v1.Job\x12\x34\n\tCancelJob\x12\x19.leap.v1.CancelJobRequest\x1a\x0c.leap.v1.Job\x12?\n\x08ListJobs\x12\x18.leap.v1.ListJobsRequest\x1a\x19.leap.v1.ListJobsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15leap/v1/trainer.proto\x12\x07leap.v1\x1a\x14leap/v1/common.proto\"\xdc\x02\n\x0fHyperParameters\x12\x0e\n\x06lora_r\x18\x01 \x01(\x05\x12\x12\n\nlora_alpha\x18\x02 \x01(\x05\x12\x19\n\x0clora_dropout\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x16\n\x0etarget_modules\x18\x04 \x03(\t\x12\x15\n\rlearning_rate\x18\x05 \x01(\x02\x12\x0e\n\x06\x65pochs\x18\x06 \x01(\x02\x12\x12\n\nbatch_size\x18\x07 \x01(\x05\x12\x1d\n\x15gradient_accumulation\x18\x08 \x01(\x05\x12\x12\n\nmax_length\x18\t \x01(\x05\x12\x0c\n\x04\x62\x65ta\x18\n \x01(\x02\x12\x0c\n\x04seed\x18\x0b \x01(\x03\x12\x11\n\tmax_steps\x18\x0c \x01(\x05\x12\x14\n\x0clr_scheduler\x18\r \x01(\t\x12\x14\n\x0cwarmup_ratio\x18\x0e \x01(\x02\x12\x18\n\x10lora_last_layers\x18\x0f \x01(\x05\x42\x0f\n\r_lora_dropout\"\x88\x02\n\x0fStartJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\'\n\x06method\x18\x02 \x01(\x0e\x32\x17.leap.v1.TrainingMethod\x12&\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x14.leap.v1.ArtifactRef\x12\x12\n\nbase_model\x18\x04 \x01(\t\x12&\n\x06parent\x18\x05 \x01(\x0b\x32\x16.leap.v1.CheckpointRef\x12\x13\n\x0boutput_name\x18\x06 \x01(\t\x12\x32\n\x10hyper_parameters\x18\x07 \x01(\x0b\x32\x18.leap.v1.HyperParameters\x12\x0f\n\x07run_dir\x18\x08 \x01(\t\"\xa4\x02\n\x0bJobProgress\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12 \n\x05state\x18\x02 \x01(\x0e\x32\x11.leap.v1.JobState\x12\x0c\n\x04step\x18\x03 \x01(\x05\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x05\x12\r\n\x05\x65poch\x18\x05 \x01(\x02\x12\x0c\n\x04loss\x18\x06 \x01(\x02\x12\x19\n\x11tokens_per_second\x18\x07 \x01(\x02\x12\x13\n\x0b\x65ta_seconds\x18\x08 \x01(\x02\x12\x32\n\x07metrics\x18\t \x03(\x0b\x32!.leap.v1.JobProgress.MetricsEntry\x12\x0f\n\x07message\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"\xff\x01\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.leap.v1.StartJobRequest\x12 \n\x05state\x18\x03 \x01(\x0e\x32\x11.leap.v1.JobState\x12&\n\x08progress\x18\x04 \x01(\x0b\x32\x14.leap.v1.JobProgress\x12*\n\ncheckpoint\x18\x05 \x01(\x0b\x32\x16.leap.v1.CheckpointRef\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x12\n\ncreated_at\x18\x07 \x01(\x01\x12\x12\n\nstarted_at\x18\x08 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\t \x01(\x01\"!\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\"\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\" \n\x0fListJobsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\".\n\x10ListJobsResponse\x12\x1a\n\x04jobs\x18\x01 \x03(\x0b\x32\x0c.leap.v1.Job*|\n\x0eTrainingMethod\x12\x1f\n\x1bTRAINING_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13TRAINING_METHOD_SFT\x10\x01\x12\x17\n\x13TRAINING_METHOD_DPO\x10\x02\x12\x17\n\x13TRAINING_METHOD_KTO\x10\x03*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xa9\x02\n\x0eTrainerService\x12\x32\n\x08StartJob\x12\x18.leap.v1.StartJobRequest\x1a\x0c.leap.v1.Job\x12<\n\x08WatchJob\x12\x18.leap.v1.WatchJobRequest\x1a\x14.leap.v1.JobProgress0\x01\x12.\n\x06GetJob\x12\x16.leap.v1.GetJobRequest\x1a\x0c.leap.v1.Job\x12\x34\n\tCancelJob\x12\x19.leap.v1.CancelJobRequest\x1a\x0c.leap.v1.Job\x12?\n\x08ListJobs\x12\x18.leap.v1.ListJobsRequest\x1a\x19.leap.v1.ListJobsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,30 +34,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBPROGRESS_METRICSENTRY']._loaded_options = None
   _globals['_JOBPROGRESS_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TRAININGMETHOD']._serialized_start=1387
-  _globals['_TRAININGMETHOD']._serialized_end=1511
-  _globals['_JOBSTATE']._serialized_start=1514
-  _globals['_JOBSTATE']._serialized_end=1668
+  _globals['_TRAININGMETHOD']._serialized_start=1413
+  _globals['_TRAININGMETHOD']._serialized_end=1537
+  _globals['_JOBSTATE']._serialized_start=1540
+  _globals['_JOBSTATE']._serialized_end=1694
   _globals['_HYPERPARAMETERS']._serialized_start=57
-  _globals['_HYPERPARAMETERS']._serialized_end=379
-  _globals['_STARTJOBREQUEST']._serialized_start=382
-  _globals['_STARTJOBREQUEST']._serialized_end=646
-  _globals['_JOBPROGRESS']._serialized_start=649
-  _globals['_JOBPROGRESS']._serialized_end=941
-  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_start=895
-  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_end=941
-  _globals['_JOB']._serialized_start=944
-  _globals['_JOB']._serialized_end=1199
-  _globals['_WATCHJOBREQUEST']._serialized_start=1201
-  _globals['_WATCHJOBREQUEST']._serialized_end=1234
-  _globals['_GETJOBREQUEST']._serialized_start=1236
-  _globals['_GETJOBREQUEST']._serialized_end=1267
-  _globals['_CANCELJOBREQUEST']._serialized_start=1269
-  _globals['_CANCELJOBREQUEST']._serialized_end=1303
-  _globals['_LISTJOBSREQUEST']._serialized_start=1305
-  _globals['_LISTJOBSREQUEST']._serialized_end=1337
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1339
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1385
-  _globals['_TRAINERSERVICE']._serialized_start=1671
-  _globals['_TRAINERSERVICE']._serialized_end=1968
+  _globals['_HYPERPARAMETERS']._serialized_end=405
+  _globals['_STARTJOBREQUEST']._serialized_start=408
+  _globals['_STARTJOBREQUEST']._serialized_end=672
+  _globals['_JOBPROGRESS']._serialized_start=675
+  _globals['_JOBPROGRESS']._serialized_end=967
+  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_start=921
+  _globals['_JOBPROGRESS_METRICSENTRY']._serialized_end=967
+  _globals['_JOB']._serialized_start=970
+  _globals['_JOB']._serialized_end=1225
+  _globals['_WATCHJOBREQUEST']._serialized_start=1227
+  _globals['_WATCHJOBREQUEST']._serialized_end=1260
+  _globals['_GETJOBREQUEST']._serialized_start=1262
+  _globals['_GETJOBREQUEST']._serialized_end=1293
+  _globals['_CANCELJOBREQUEST']._serialized_start=1295
+  _globals['_CANCELJOBREQUEST']._serialized_end=1329
+  _globals['_LISTJOBSREQUEST']._serialized_start=1331
+  _globals['_LISTJOBSREQUEST']._serialized_end=1363
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1365
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1411
+  _globals['_TRAINERSERVICE']._serialized_start=1697
+  _globals['_TRAINERSERVICE']._serialized_end=1994
 # @@protoc_insertion_point(module_scope)

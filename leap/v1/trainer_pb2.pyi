@@ -35,7 +35,7 @@ JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
 class HyperParameters(_message.Message):
-    __slots__ = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "epochs", "batch_size", "gradient_accumulation", "max_length", "beta", "seed", "max_steps", "lr_scheduler", "warmup_ratio")
+    __slots__ = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "epochs", "batch_size", "gradient_accumulation", "max_length", "beta", "seed", "max_steps", "lr_scheduler", "warmup_ratio", "lora_last_layers")
     LORA_R_FIELD_NUMBER: _ClassVar[int]
     LORA_ALPHA_FIELD_NUMBER: _ClassVar[int]
     LORA_DROPOUT_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class HyperParameters(_message.Message):
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
     LR_SCHEDULER_FIELD_NUMBER: _ClassVar[int]
     WARMUP_RATIO_FIELD_NUMBER: _ClassVar[int]
+    LORA_LAST_LAYERS_FIELD_NUMBER: _ClassVar[int]
     lora_r: int
     lora_alpha: int
     lora_dropout: float
@@ -64,7 +65,8 @@ class HyperParameters(_message.Message):
     max_steps: int
     lr_scheduler: str
     warmup_ratio: float
-    def __init__(self, lora_r: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation: _Optional[int] = ..., max_length: _Optional[int] = ..., beta: _Optional[float] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ...) -> None: ...
+    lora_last_layers: int
+    def __init__(self, lora_r: _Optional[int] = ..., lora_alpha: _Optional[int] = ..., lora_dropout: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., learning_rate: _Optional[float] = ..., epochs: _Optional[float] = ..., batch_size: _Optional[int] = ..., gradient_accumulation: _Optional[int] = ..., max_length: _Optional[int] = ..., beta: _Optional[float] = ..., seed: _Optional[int] = ..., max_steps: _Optional[int] = ..., lr_scheduler: _Optional[str] = ..., warmup_ratio: _Optional[float] = ..., lora_last_layers: _Optional[int] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
     __slots__ = ("job_id", "method", "datasets", "base_model", "parent", "output_name", "hyper_parameters", "run_dir")

@@ -64,6 +64,10 @@ def execute_job(context: JobContext) -> JobOutcome:
             hyper.update(lora_r=adapter.lora["r"], lora_alpha=adapter.lora["alpha"],
                          lora_dropout=adapter.lora["dropout"], target_modules=adapter.lora["target_modules"],
                          lora_from_parent=True)
+        if adapter.lora.get("last_layers") is not None:
+            hyper["lora_last_layers"] = adapter.lora["last_layers"]
+        elif adapter.lora.get("layers"):  # a parent made elsewhere, with LoRA on some other set of layers
+            hyper.update(lora_last_layers=0, lora_layers=adapter.lora["layers"])
         manifest = {
             "parent": spec.parent.to_dict() if spec.parent else None,
             "base_model": spec.base_model,

@@ -25,6 +25,8 @@ LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 MAX_TARGET_MODULES = 64
+#: The most decoder layers `lora_last_layers` may name (the model's own count is checked when it loads).
+MAX_LORA_LAYERS = 4096
 
 #: Accepted ranges after defaults are applied: (low, high), both included.
 INT_RANGES = {
@@ -34,7 +36,8 @@ INT_RANGES = {
     "gradient_accumulation": (1, 1024),
     "max_length": (16, 131072),
     "max_steps": (0, 10_000_000),
-    "seed": (0, 2**32 - 1),  # numpy's seed range, which transformers' set_seed uses
+    "seed": (0, 2**32 - 1),
+    "lora_last_layers": (0, MAX_LORA_LAYERS),  # numpy's seed range, which transformers' set_seed uses
 }
 #: (low, high, low included, high included); NaN and infinities are never in range.
 FLOAT_RANGES = {
@@ -90,6 +93,8 @@ class HyperParameters:
     max_steps: int = 0
     lr_scheduler: str = ""
     warmup_ratio: float = 0.0
+    #: LoRA on the last N decoder layers only; 0: every layer.
+    lora_last_layers: int = 0
 
     DEFAULTS = {
         "lora_r": 128,

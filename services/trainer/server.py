@@ -52,7 +52,7 @@ def request_from_proto(msg: trainer_pb2.StartJobRequest) -> JobRequest:
             target_modules=list(hp.target_modules), learning_rate=_f32(hp.learning_rate), epochs=_f32(hp.epochs),
             batch_size=hp.batch_size, gradient_accumulation=hp.gradient_accumulation, max_length=hp.max_length,
             beta=_f32(hp.beta), seed=hp.seed, max_steps=hp.max_steps, lr_scheduler=hp.lr_scheduler,
-            warmup_ratio=_f32(hp.warmup_ratio),
+            warmup_ratio=_f32(hp.warmup_ratio), lora_last_layers=hp.lora_last_layers,
         ),
     )
 

@@ -419,9 +419,59 @@ def load_policy(base_model: str, device: str, parent_path: str | None):
     return model, tokenizer
 
 
-def lora_config(hp: HyperParameters) -> LoraConfig:
+def decoder_layer_count(model) -> int | None:
+    """How many decoder layers `model` has (its config's num_hidden_layers), or None when it does not say."""
+    config = getattr(model, "config", None)
+    count = getattr(getattr(config, "get_text_config", lambda: config)(), "num_hidden_layers", None)
+    return count if isinstance(count, int) and count > 0 else None
+
+
+def lora_layers(hp: HyperParameters, layer_count: int | None) -> list[int] | None:
+    """The decoder layers that get LoRA: the last `hp.lora_last_layers` (None: every layer).
+
+    Backpropagation stops at the lowest layer holding a trainable weight, so fewer, higher layers
+    make each step cheaper. A count past the model's layers is a TrainingError naming both."""
+    last = hp.lora_last_layers
+    if not last:
+        return None
+    if layer_count is None:
+        raise TrainingError(f"lora_last_layers={last} needs the base model's layer count, and its config "
+                            "does not give num_hidden_layers; leave lora_last_layers at 0 (every layer)")
+    if last > layer_count:
+        raise TrainingError(f"lora_last_layers={last}, but the base model has {layer_count} decoder layers; "
+                            f"use at most {layer_count} (or 0 for every layer)")
+    return list(range(layer_count - last, layer_count))
+
+
+def lora_config(hp: HyperParameters, layer_count: int | None = None) -> LoraConfig:
     return LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-                      target_modules=list(hp.target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=list(hp.target_modules), bias="none", task_type="CAUSAL_LM",
+                      layers_to_transform=lora_layers(hp, layer_count))
+
+
+def adapted_layers(peft_config) -> list[int] | None:
+    """The decoder layers an adapter's LoraConfig puts LoRA on, in order (None: every layer)."""
+    layers = getattr(peft_config, "layers_to_transform", None)
+    if layers is None:
+        return None
+    return sorted({layers} if isinstance(layers, int) else set(layers))
+
+
+def last_layers_of(layers: list[int] | None, layer_count: int | None) -> int | None:
+    """`lora_last_layers` for adapted `layers`: 0 for every layer, N for the last N, None for any other set
+    (an adapter made elsewhere; the manifest then lists its layers)."""
+    if layers is None:
+        return 0
+    if layer_count is not None and layers == list(range(layer_count - len(layers), layer_count)):
+        return len(layers)
+    return None
+
+
+def backward_layer_share(layers: list[int] | None, layer_count: int | None) -> float:
+    """The share of decoder layers that backpropagation runs through: from the lowest adapted one up."""
+    if not layers or not layer_count:
+        return 1.0
+    return (layer_count - min(layers)) / layer_count
 
 
 def train(*, method: str, base_model: str, hp: HyperParameters, examples: list[Example], device: str,
@@ -441,16 +491,20 @@ def train(*, method: str, base_model: str, hp: HyperParameters, examples: list[E
         log.warning("examples longer than max_length left out",
                     extra={"dropped": encoded.examples_dropped, "max_length": hp.max_length})
 
+    layer_count = decoder_layer_count(model)
     if parent_path:
         peft_config = None
         parent_lora = model.peft_config["default"]
         lora = {"r": parent_lora.r, "alpha": parent_lora.lora_alpha, "dropout": parent_lora.lora_dropout,
-                "target_modules": sorted(parent_lora.target_modules or []), "from_parent": True}
+                "target_modules": sorted(parent_lora.target_modules or []),
+                "layers": adapted_layers(parent_lora), "from_parent": True}
     else:
-        peft_config = lora_config(hp)
+        peft_config = lora_config(hp, layer_count)
         lora = {"r": hp.lora_r, "alpha": hp.lora_alpha, "dropout": hp.lora_dropout,
-                "target_modules": list(hp.target_modules), "from_parent": False}
+                "target_modules": list(hp.target_modules), "layers": adapted_layers(peft_config),
+                "from_parent": False}
 
+    lora["last_layers"] = last_layers_of(lora["layers"], layer_count)
     progress = ProgressCallback(report, should_stop)
     args = training_arguments(method, hp, work_dir, device, dtype)
     trainer = build_trainer(method, model, tokenizer, encoded.rows, args, peft_config, [progress])
@@ -472,6 +526,8 @@ def train(*, method: str, base_model: str, hp: HyperParameters, examples: list[E
         "train_seconds": seconds,
         "train_tokens": progress.tokens,
         "shared_prefix_tokens": shared_prefix_tokens,  # of train_tokens, run once for several rows
+        # The share of decoder layers that backpropagation runs through (LoRA on the last N only: N / all).
+        "backward_layer_share": backward_layer_share(lora["layers"], layer_count),
         "tokens_per_second": progress.tokens / seconds if seconds > 0 else 0.0,
         "steps": float(len(progress.losses)),
         "examples": float(len(encoded.rows)),

@@ -423,3 +423,29 @@ def test_the_retry_section_of_the_run_config_is_typed():
         load_config(preset="smoke", overrides={"retry": {"watch_backoff_s": "fast"}})
     with pytest.raises(ValueError, match="retry.train_attempts must be >= 1"):
         load_config(preset="smoke", overrides={"retry": {"train_attempts": 0}})
+
+
+def test_leap_iterations_train_their_own_epochs_on_the_configured_lora_layers(reference, tmp_path):
+    _run_dir, _results, plain = reference
+    hyper = {job_id.split("-")[-2]: job.spec.hyper_parameters for job_id, job in plain.jobs.items()}
+    assert hyper["iter0"].epochs == hyper["iter1"].epochs == 1.0  # leap_epochs unset: epochs for every iteration
+    assert hyper["iter0"].lora_last_layers == 15  # the smoke preset's
+    trainer = FakeTrainer()
+    make_run(tmp_path / "run", FakeStubs(trainer),
+             config(trainer={"epochs": 2.0, "leap_epochs": 0.5, "lora_last_layers": 7})).run()
+    hyper = {job_id.split("-")[-2]: job.spec.hyper_parameters for job_id, job in trainer.jobs.items()}
+    assert (hyper["iter0"].epochs, hyper["iter1"].epochs) == (2.0, 0.5)
+    assert hyper["iter0"].lora_last_layers == hyper["iter1"].lora_last_layers == 7
+
+
+def test_the_trainer_section_of_the_run_config_is_checked():
+    with pytest.raises(ValueError, match="config key trainer.lora_last_layers must be a whole number"):
+        load_config(preset="smoke", overrides={"trainer": {"lora_last_layers": "15"}})
+    with pytest.raises(ValueError, match="config key trainer.leap_epochs must be a finite number"):
+        load_config(preset="smoke", overrides={"trainer": {"leap_epochs": float("nan")}})
+    with pytest.raises(ValueError, match="trainer.lora_last_layers must be >= 0"):
+        load_config(preset="smoke", overrides={"trainer": {"lora_last_layers": -1}})
+    with pytest.raises(ValueError, match="trainer.leap_epochs >= 0"):
+        load_config(preset="smoke", overrides={"trainer": {"leap_epochs": -1.0}})
+    with pytest.raises(ValueError, match="trainer.epochs must be > 0"):
+        load_config(preset="smoke", overrides={"trainer": {"epochs": 0.0}})

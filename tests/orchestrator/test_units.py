@@ -421,7 +421,7 @@ def test_a_training_jobs_work_keeps_the_tokens_its_shared_prefixes_saved():
 
     job = trainer_pb2.Job()
     job.progress.metrics.update({"train_tokens": 1000.0, "train_seconds": 4.5, "steps": 10.0,
-                                 "shared_prefix_tokens": 212.0, "loss_last": 0.3})
+                                 "shared_prefix_tokens": 212.0, "backward_layer_share": 0.5, "loss_last": 0.3})
     assert training_work(job) == {"trained_tokens": 1000.0, "train_seconds": 4.5, "train_steps": 10.0,
-                                  "shared_prefix_tokens": 212.0}
+                                  "shared_prefix_tokens": 212.0, "backward_layer_share": 0.5}
     assert training_work(trainer_pb2.Job()) == {}

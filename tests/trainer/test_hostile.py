@@ -247,6 +247,8 @@ def test_a_row_with_a_lone_surrogate_is_refused_at_start_job(client, runs):
     ("lora_dropout", float("nan"), "[0, 1)"),
     ("warmup_ratio", float("inf"), "[0, 1)"),
     ("seed", 2**63 - 1, "[0, 4294967295]"),
+    ("lora_last_layers", 2**31 - 1, "[0, 4096]"),
+    ("lora_last_layers", -1, "[0, 4096]"),
 ])
 def test_hyper_parameters_out_of_range_name_the_field_and_its_range(client, field, value, range_text):
     code, details = refusal(client, hyper_parameters={field: value})

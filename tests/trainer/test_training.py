@@ -322,6 +322,41 @@ def test_continue_from_a_parent_adapter(client, sft_and_dpo):
     assert job.progress.metrics["loss_first"] < parent_first
 
 
+def _adapted_layers(folder: str) -> set[int]:
+    from safetensors import safe_open
+
+    with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="pt") as f:
+        return {int(key.split(".layers.")[1].split(".")[0]) for key in f.keys()}
+
+
+def test_lora_on_the_last_layers_only_and_a_child_keeps_its_parents_layers(client, sft_and_dpo):
+    client.wait(sft_and_dpo[1], timeout=JOB_TIMEOUT)
+    top = client.start_job("sft", ["data/sft.jsonl"], output_name="student-top", run_dir="run", job_id="sft-top",
+                           hyper_parameters=dict(TINY, max_steps=1, lora_last_layers=2))
+    top = client.wait(top.job_id, timeout=JOB_TIMEOUT)
+    assert top.state == S.JOB_STATE_SUCCEEDED, top.error
+    assert _adapted_layers(top.checkpoint.uri) == {28, 29}  # SmolLM2-135M has 30 decoder layers
+    config = json.loads((Path(top.checkpoint.uri) / "adapter_config.json").read_text())
+    assert config["layers_to_transform"] == [28, 29]
+    manifest = json.loads((Path(top.checkpoint.uri) / "manifest.json").read_text())
+    assert manifest["hyper_parameters"]["lora_last_layers"] == 2
+
+    child = client.start_job("sft", ["data/sft.jsonl"], output_name="student-top", run_dir="run",
+                             parent=top.checkpoint, job_id="sft-top-child",
+                             hyper_parameters=dict(TINY, max_steps=1, lora_last_layers=0))
+    child = client.wait(child.job_id, timeout=JOB_TIMEOUT)
+    assert child.state == S.JOB_STATE_SUCCEEDED, child.error
+    assert _adapted_layers(child.checkpoint.uri) == {28, 29}
+    manifest = json.loads((Path(child.checkpoint.uri) / "manifest.json").read_text())
+    assert manifest["hyper_parameters"]["lora_last_layers"] == 2 and manifest["hyper_parameters"]["lora_from_parent"]
+
+    too_many = client.start_job("sft", ["data/sft.jsonl"], output_name="student-top", run_dir="run",
+                                job_id="sft-top-31", hyper_parameters=dict(TINY, max_steps=1, lora_last_layers=31))
+    too_many = client.wait(too_many.job_id, timeout=JOB_TIMEOUT)
+    assert too_many.state == S.JOB_STATE_FAILED
+    assert "lora_last_layers=31, but the base model has 30 decoder layers" in too_many.error, too_many.error
+
+
 def test_kto_trains_from_dpo_pairs(client, sft_and_dpo):
     client.wait(sft_and_dpo[1], timeout=JOB_TIMEOUT)
     job = client.start_job("kto", ["data/dpo.jsonl"], output_name="student-kto", run_dir="run",
