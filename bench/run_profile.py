@@ -109,7 +109,10 @@ def profile_of(run_dir: Path, model: dict, peak: float) -> list[dict]:
 def totals(rows: list[dict]) -> dict:
     keys = ("seconds", "student_steps", "prompt_tokens", "prefilled_tokens", "cached_prompt_tokens", "decoded_tokens",
             "trained_tokens", "gflop")
+    from orchestrator.report import wall_seconds
+
     out = {k: round(sum(r.get(k, 0) for r in rows), 2) for k in keys}
+    out["seconds"] = round(wall_seconds(rows), 2)  # phases that ran side by side count once
     return out
 
 

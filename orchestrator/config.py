@@ -117,7 +117,11 @@ class RunConfig:
     name: str = "default"
     seed: int = 0
     iterations: int = 2               # LEAP iterations after BC (iteration 0)
-    concurrency: int = 16             # episodes in flight at once
+    concurrency: int = 16             # episodes in flight at once (over every phase running)
+    # Iteration i+1's rollouts start beside iteration i's evaluation: both play the same adapter, and
+    # the rollouts' episodes fill the decode batch as the evaluation's episodes end (its long tail
+    # of a few rows). Results are the same either way; episodes in flight stay within `concurrency`.
+    overlap_rollouts: bool = True
     keep_unchanged_steps: bool = False  # keep steps the teacher did not change in the SFT data
     environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)
     student: StudentConfig = field(default_factory=StudentConfig)

@@ -7,7 +7,10 @@ only party that talks to the PrivilegedService.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
+import itertools
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -250,11 +253,70 @@ class Outcome:
     error: str = ""
 
 
+class SlotsClosed(RuntimeError):
+    """The episode budget was closed (a phase beside this one failed): start no more episodes."""
+
+
+class EpisodeSlots:
+    """A budget of episodes in flight, shared by phases that run at the same time.
+
+    A freed slot goes to the waiting episode of the phase with the lowest `priority` (first come,
+    first served within it), so an evaluation that runs beside rollouts is not slowed by them: the
+    rollouts only take the slots the evaluation no longer needs.
+    """
+
+    def __init__(self, size: int):
+        if size < 1:
+            raise ValueError("an episode budget needs at least one slot")
+        self.size = size
+        self._free = size
+        self._waiting: list[tuple[int, int]] = []  # heap of (priority, arrival)
+        self._arrivals = itertools.count()
+        self._changed = threading.Condition()
+        self._closed = False
+
+    @contextlib.contextmanager
+    def hold(self, priority: int = 0):
+        """Wait for a slot (lower priorities first), hold it while the block runs; SlotsClosed once
+        the budget is closed."""
+        ticket = (priority, next(self._arrivals))
+        with self._changed:
+            heapq.heappush(self._waiting, ticket)
+            self._changed.wait_for(lambda: self._closed or (self._free > 0 and self._waiting[0] == ticket))
+            if self._closed:
+                self._waiting.remove(ticket)
+                heapq.heapify(self._waiting)
+                self._changed.notify_all()
+                raise SlotsClosed("no more episodes start: a phase running beside this one failed")
+            heapq.heappop(self._waiting)
+            self._free -= 1
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += 1
+                self._changed.notify_all()
+
+    def close(self) -> None:
+        """Episodes waiting for a slot, and any later, raise SlotsClosed; those running go on."""
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    def in_use(self) -> int:
+        with self._changed:
+            return self.size - self._free
+
+
 def run_parallel(fn: Callable[[int], object], count: int, concurrency: int,
-                 on_done: Callable[[Outcome], None] | None = None, retries: int = 1) -> list[Outcome]:
+                 on_done: Callable[[Outcome], None] | None = None, retries: int = 1,
+                 slots: EpisodeSlots | None = None, priority: int = 0) -> list[Outcome]:
     """Run fn(0..count-1) on a bounded thread pool; an RPC failure is retried, then recorded.
 
-    Results come back in index order whatever the completion order, so outputs are deterministic.
+    `slots`, shared by calls running at the same time, bounds their episodes in flight together
+    (each call of `fn` holds one slot; `priority` orders the calls' claims on freed slots). Results come back in index order whatever the completion
+    order, so outputs are deterministic.
     """
     outcomes: list[Outcome | None] = [None] * count
     lock = threading.Lock()
@@ -263,7 +325,10 @@ def run_parallel(fn: Callable[[int], object], count: int, concurrency: int,
         last = ""
         for _ in range(retries + 1):
             try:
-                return Outcome(i, fn(i))
+                if slots is None:
+                    return Outcome(i, fn(i))
+                with slots.hold(priority):
+                    return Outcome(i, fn(i))
             except grpc.RpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"
                 log.warning("episode failed; retrying", extra={"index": i, "error": last})

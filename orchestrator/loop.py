@@ -8,6 +8,12 @@ Phases, each persisted before the next starts:
     iter<i>.rollout -> .correct -> .dataset -> .train -> .load -> .eval   LEAP iterations i >= 1
     report                          results.json, results.md, results.png
 
+Iteration i's evaluation and iteration i+1's rollouts play the same adapter and need nothing of
+each other, so they run side by side (`overlap_rollouts`), within one budget of `concurrency`
+episodes in flight: the rollouts take the slots the evaluation's finished episodes free, and the
+student's decode batch stays full through the evaluation's tail. Each is still its own phase,
+begun, finished and resumed on its own.
+
 A phase's outputs are written atomically, then the phase is marked done. `--resume` skips done
 phases; an unfinished phase is redone from its inputs (which are deterministic: seeded rollouts,
 seeded subsampling), so a run killed at any point ends with the same datasets and checkpoint
@@ -23,6 +29,7 @@ import logging
 import os
 import secrets
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +41,8 @@ from orchestrator import datasets as ds
 from orchestrator.config import RunConfig, load_snapshot
 from orchestrator.episodes import (
     EpisodeSettings,
+    EpisodeSlots,
+    SlotsClosed,
     ServiceStubs,
     correct,
     demonstrate,
@@ -125,8 +134,10 @@ class LeapRun:
             self.state.save()
         self.env = self.config.environment.name
         self._env_info: environment_pb2.EnvironmentInfo | None = None
-        #: The student's work in the phase being run (orchestrator.work).
-        self.student_work = StudentWork()
+        #: Per thread, the student's work in the phase that thread runs (orchestrator.work).
+        self._phase_work = threading.local()
+        #: Episodes in flight over every phase running at once (`concurrency`); made by run().
+        self._episode_slots = EpisodeSlots(self.config.concurrency)
         if self.platform is None:
             self.platform = LocalPlatform(self.stubs, self.config.retry)
         self.platform.begin_run(self.run_label)
@@ -188,19 +199,67 @@ class LeapRun:
         self._environment()
         if not (self.run_dir / "manifest.json").exists():
             self.write_manifest()
+        self._episode_slots = EpisodeSlots(self.config.concurrency)
         for name in self.state.phases:
             if self.state.is_done(name):
                 continue
-            if plays_student(name):
-                self.confirm_latest_adapter()
-            self.state.begin(name)
-            self.student_work = StudentWork()
-            outputs = self._dispatch(name)
-            work = self.student_work.snapshot() | outputs.pop("work", {})
-            if work:
-                outputs["work"] = work
-            self.state.finish(name, outputs)
+            beside = self.runs_beside(name)
+            for phase in (name, beside):
+                if phase and plays_student(phase):
+                    self.confirm_latest_adapter()
+                    break
+            if beside is None:
+                self._run_phase(name)
+            else:
+                self._run_side_by_side(name, beside)
         return self.results()
+
+    def runs_beside(self, name: str) -> str | None:
+        """The pending phase that runs at the same time as `name`: iteration i+1's rollouts beside
+        iteration i's evaluation (same adapter), when `overlap_rollouts` is on; None otherwise."""
+        if not self.config.overlap_rollouts or not (name.startswith("iter") and name.endswith(".eval")):
+            return None
+        partner = f"iter{int(name[4:-5]) + 1}.rollout"
+        if partner not in self.state.phases or self.state.is_done(partner):
+            return None
+        return partner
+
+    def _run_phase(self, name: str) -> None:
+        self.state.begin(name)
+        self._phase_work.tally = StudentWork()
+        # An earlier phase's episodes claim freed slots first (an evaluation before the rollouts beside it).
+        self._phase_work.priority = list(self.state.phases).index(name)
+        outputs = self._dispatch(name)
+        work = self._phase_work.tally.snapshot() | outputs.pop("work", {})
+        if work:
+            outputs["work"] = work
+        self.state.finish(name, outputs)
+
+    def _run_side_by_side(self, first: str, second: str) -> None:
+        """Run two phases at once (`second` on a thread of its own). When one fails (Ctrl-C
+        included), the other starts no more episodes, lets those in flight end and fails too; the
+        first failure is raised. A failed phase stays pending, and a resumed run redoes it."""
+        failure: list[BaseException] = []
+
+        def run_second() -> None:
+            try:
+                self._run_phase(second)
+            except BaseException as exc:  # noqa: BLE001 - raised on the run's own thread below
+                failure.append(exc)
+                self._episode_slots.close()
+
+        thread = threading.Thread(target=run_second, name=f"phase-{second}")
+        thread.start()
+        try:
+            self._run_phase(first)
+        except BaseException as exc:  # noqa: BLE001 - raised below, once the other phase has stopped
+            failure.insert(0, exc)
+            self._episode_slots.close()
+        finally:
+            thread.join()
+        if failure:
+            # The cause, not the other phase's SlotsClosed that followed from it.
+            raise next((exc for exc in failure if not isinstance(exc, SlotsClosed)), failure[0])
 
     def _check_student_capabilities(self) -> None:
         """Fail before any phase when the config asks the student server for what it cannot do."""
@@ -243,6 +302,7 @@ class LeapRun:
     def _play(self, title: str, tasks: list[common_pb2.TaskRef], settings: EpisodeSettings) -> tuple[list, list]:
         wins = 0
         done = 0
+        count_work = self._phase_work.tally.add
         with self.reporter.phase(title, len(tasks)) as bar:
             def on_done(outcome):
                 nonlocal wins, done
@@ -253,8 +313,9 @@ class LeapRun:
                 bar.advance(1, info=f"success {100 * wins / done:.0f}%")
 
             outcomes = run_parallel(lambda k: play_student_episode(self.stubs, tasks[k].task_id, settings,
-                                                                   self.act_hook, self.student_work.add),
-                                    len(tasks), self.config.concurrency, on_done)
+                                                                   self.act_hook, count_work),
+                                    len(tasks), self.config.concurrency, on_done, slots=self._episode_slots,
+                                    priority=self._phase_work.priority)
         trajectories = [o.value for o in outcomes if o.value is not None]
         errors = [{"task_id": tasks[o.index].task_id, "error": o.error} for o in outcomes if o.value is None]
         return trajectories, errors

@@ -4,11 +4,15 @@ In a terminal each phase gets a live bar (done/total, the phase's own info such 
 the training loss, elapsed time and ETA). When stderr is not a terminal (CI logs, `kubectl logs`, a
 file), a live bar would print nothing until the phase ends, so each phase prints a start line, a
 progress line at most every `log_every_s` seconds, and an end line with its duration.
+
+Phases may overlap (an evaluation beside the next iteration's rollouts): in a terminal their bars
+share one live display, each its own row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from typing import Iterator
 
@@ -22,6 +26,10 @@ class ProgressReporter:
         self.console = console or Console(stderr=True)
         self.enabled = enabled
         self.log_every_s = log_every_s
+        self._lock = threading.Lock()
+        #: The live display the running phases' bars share, and how many phases use it.
+        self._live: Progress | None = None
+        self._live_phases = 0
 
     def note(self, message: str) -> None:
         if self.enabled:
@@ -37,16 +45,28 @@ class ProgressReporter:
             yield lines
             lines.finish()
             return
-        progress = Progress(
-            SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )
-        with progress:
+        with self._lock:
+            if self._live is None:
+                self._live = Progress(
+                    SpinnerColumn(), TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=self.console, transient=False,
+                )
+                self._live.start()
+            self._live_phases += 1
+            progress = self._live
             task = progress.add_task(title, total=total, info="")
-            start = time.monotonic()
+        start = time.monotonic()
+        try:
             yield PhaseProgress(progress, task)
-            progress.update(task, info=f"{progress.tasks[0].fields.get('info', '')} ({time.monotonic() - start:.0f}s)")
+            info = next((t.fields.get("info", "") for t in progress.tasks if t.id == task), "")
+            progress.update(task, info=f"{info} ({time.monotonic() - start:.0f}s)")
+        finally:
+            with self._lock:
+                self._live_phases -= 1
+                if self._live_phases == 0:
+                    self._live.stop()
+                    self._live = None
 
 
 class PhaseProgress:

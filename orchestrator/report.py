@@ -59,10 +59,37 @@ def phase_profile(run_dir: Path) -> list[dict]:
     for phase in state.get("phases", []):
         if phase.get("status") != "done":
             continue
-        seconds = max(0.0, float(phase.get("finished_at", 0.0)) - float(phase.get("started_at", 0.0)))
+        started, finished = float(phase.get("started_at", 0.0)), float(phase.get("finished_at", 0.0))
         work = (phase.get("outputs") or {}).get("work") or {}
-        profile.append({"phase": phase["name"], "seconds": round(seconds, 2), **work})
+        profile.append({"phase": phase["name"], "seconds": round(max(0.0, finished - started), 2),
+                        "started_at": started, "finished_at": finished, **work})
+    for entry in profile:
+        entry["beside"] = [other["phase"] for other in profile if other is not entry and
+                           other["started_at"] < entry["finished_at"] and entry["started_at"] < other["finished_at"]]
     return profile
+
+
+def wall_seconds(profile: list[dict]) -> float:
+    """The wall time the phases took together: phases that ran side by side count once."""
+    spans = sorted((e["started_at"], e["finished_at"]) for e in profile if "started_at" in e)
+    if len(spans) < len(profile):  # a profile without times (an older results.json): the plain sum
+        return sum(e["seconds"] for e in profile)
+    total, end = 0.0, float("-inf")
+    for start, finish in spans:
+        if finish <= end:
+            continue
+        total += finish - max(start, end)
+        end = finish
+    return total
+
+
+#: Marks a phase that ran beside another one in the work tables.
+BESIDE_MARK = " ∥"
+BESIDE_NOTE = "∥ ran side by side with the other phase so marked; the total is wall time, not the sum"
+
+
+def _phase_label(entry: dict) -> str:
+    return entry["phase"] + (BESIDE_MARK if entry.get("beside") else "")
 
 
 def _work_cells(entry: dict) -> list[str]:
@@ -79,14 +106,16 @@ def work_table(results: dict) -> Table:
         table.add_column(title, justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
     profile = results.get("profile", [])
     for entry in profile:
-        table.add_row(entry["phase"], *_work_cells(entry))
+        table.add_row(_phase_label(entry), *_work_cells(entry))
     if profile:
         table.add_row("total", *_work_cells(_total(profile)), style="bold")
+    if any(entry.get("beside") for entry in profile):
+        table.caption = BESIDE_NOTE
     return table
 
 
 def _total(profile: list[dict]) -> dict:
-    total = {"seconds": sum(e["seconds"] for e in profile)}
+    total = {"seconds": round(wall_seconds(profile), 2)}
     for key in WORK_COLUMNS:
         if any(key in e for e in profile):
             total[key] = sum(e.get(key, 0) for e in profile)
@@ -163,7 +192,9 @@ def markdown(results: dict) -> str:
         lines += ["", "## Work per phase", "", "| " + " | ".join(_WORK_TITLES) + " |",
                   "|---|" + "---:|" * (len(_WORK_TITLES) - 1)]
         for entry in profile + [{"phase": "total", **_total(profile)}]:
-            lines.append(f"| {entry['phase']} | " + " | ".join(_work_cells(entry)) + " |")
+            lines.append(f"| {_phase_label(entry)} | " + " | ".join(_work_cells(entry)) + " |")
+        if any(entry.get("beside") for entry in profile):
+            lines += ["", BESIDE_NOTE + "."]
     return "\n".join(lines) + "\n"
 
 

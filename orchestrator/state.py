@@ -16,6 +16,7 @@ run killed at any point (kill -9 included) resumes at the first unfinished phase
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,9 +38,11 @@ class PhaseRecord:
 
 
 class RunState:
-    """Phase bookkeeping for one run directory."""
+    """Phase bookkeeping for one run directory. Thread-safe: two phases may run at once (an
+    evaluation beside the next iteration's rollouts), each beginning and finishing on its own."""
 
     def __init__(self, run_dir: Path, phases: list[str]):
+        self._lock = threading.RLock()
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "state.json"
         self.phases: dict[str, PhaseRecord] = {name: PhaseRecord(name) for name in phases}
@@ -55,30 +58,34 @@ class RunState:
         self.values = data.get("values", {})
 
     def save(self) -> None:
-        atomic_write_json(self.path, {
-            "phases": [vars(p) for p in self.phases.values()],
-            "values": self.values,
-            "updated_at": time.time(),
-        })
+        with self._lock:
+            atomic_write_json(self.path, {
+                "phases": [vars(p) for p in self.phases.values()],
+                "values": self.values,
+                "updated_at": time.time(),
+            })
 
     def is_done(self, name: str) -> bool:
         return self.phases[name].status == DONE
 
     def begin(self, name: str) -> None:
-        record = self.phases[name]
-        record.attempts += 1
-        record.started_at = time.time()
-        self.save()
+        with self._lock:
+            record = self.phases[name]
+            record.attempts += 1
+            record.started_at = time.time()
+            self.save()
 
     def finish(self, name: str, outputs: dict[str, Any] | None = None) -> None:
-        record = self.phases[name]
-        record.outputs = dict(outputs or {})
-        for key, value in list(record.outputs.items()):
+        outputs = dict(outputs or {})
+        for key, value in list(outputs.items()):
             if isinstance(value, str) and key.endswith("_file") and Path(value).is_file():
-                record.outputs[key.removesuffix("_file") + "_sha256"] = sha256_file(value)
-        record.status = DONE
-        record.finished_at = time.time()
-        self.save()
+                outputs[key.removesuffix("_file") + "_sha256"] = sha256_file(value)
+        with self._lock:
+            record = self.phases[name]
+            record.outputs = outputs
+            record.status = DONE
+            record.finished_at = time.time()
+            self.save()
 
     def outputs(self, name: str) -> dict[str, Any]:
         return self.phases[name].outputs

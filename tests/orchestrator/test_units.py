@@ -425,3 +425,114 @@ def test_a_training_jobs_work_keeps_the_tokens_its_shared_prefixes_saved():
     assert training_work(job) == {"trained_tokens": 1000.0, "train_seconds": 4.5, "train_steps": 10.0,
                                   "shared_prefix_tokens": 212.0, "backward_layer_share": 0.5}
     assert training_work(trainer_pb2.Job()) == {}
+
+
+# ------------------------------------------------------------------ the shared episode budget
+def test_episode_slots_hand_a_freed_slot_to_the_lowest_priority_waiting_first():
+    import threading
+    import time
+
+    from orchestrator.episodes import EpisodeSlots
+
+    slots = EpisodeSlots(1)
+    order: list[str] = []
+    release = threading.Event()
+
+    def holder():
+        with slots.hold(0):
+            release.wait(5)
+
+    def waiter(name: str, priority: int):
+        with slots.hold(priority):
+            order.append(name)
+
+    first = threading.Thread(target=holder)
+    first.start()
+    while slots.in_use() == 0:
+        time.sleep(0.001)
+    waiters = []
+    for name, priority in (("rollout-a", 7), ("rollout-b", 7), ("eval-a", 6), ("eval-b", 6)):
+        waiters.append(threading.Thread(target=waiter, args=(name, priority)))
+        waiters[-1].start()
+        time.sleep(0.02)  # arrive in this order
+    release.set()
+    for t in [first, *waiters]:
+        t.join(5)
+    assert order == ["eval-a", "eval-b", "rollout-a", "rollout-b"]
+    assert slots.in_use() == 0
+
+
+def test_episode_slots_never_hold_more_than_their_size_and_a_closed_budget_starts_nothing_more():
+    import threading
+    import time
+
+    from orchestrator.episodes import EpisodeSlots, SlotsClosed
+
+    slots = EpisodeSlots(3)
+    most = 0
+    lock = threading.Lock()
+
+    def episode(priority: int):
+        nonlocal most
+        with slots.hold(priority):
+            with lock:
+                most = max(most, slots.in_use())
+            time.sleep(0.002)
+
+    threads = [threading.Thread(target=episode, args=(k % 2,)) for k in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert most == 3 and slots.in_use() == 0
+
+    held = threading.Event()
+    release = threading.Event()
+    outcome: list[str] = []
+
+    def running():
+        with slots.hold(0):
+            held.set()
+            release.wait(5)
+        outcome.append("finished")
+
+    def waiting():
+        try:
+            with slots.hold(0):
+                outcome.append("started")
+        except SlotsClosed:
+            outcome.append("refused")
+
+    small = EpisodeSlots(1)
+    slots = small
+    busy = threading.Thread(target=running)
+    busy.start()
+    held.wait(5)
+    queued = threading.Thread(target=waiting)
+    queued.start()
+    time.sleep(0.02)
+    small.close()
+    queued.join(5)
+    release.set()
+    busy.join(5)
+    assert outcome == ["refused", "finished"], "the waiter is refused; the running episode ends"
+    with pytest.raises(SlotsClosed):
+        with small.hold(0):
+            pass
+    with pytest.raises(ValueError):
+        EpisodeSlots(0)
+
+
+def test_the_work_tables_total_is_wall_time_when_phases_ran_side_by_side():
+    from orchestrator.report import _total, wall_seconds
+
+    profile = [
+        {"phase": "a", "seconds": 10.0, "started_at": 0.0, "finished_at": 10.0},
+        {"phase": "b.eval", "seconds": 30.0, "started_at": 10.0, "finished_at": 40.0, "decoded_tokens": 5},
+        {"phase": "c.rollout", "seconds": 25.0, "started_at": 12.0, "finished_at": 37.0, "decoded_tokens": 7},
+        {"phase": "d", "seconds": 5.0, "started_at": 45.0, "finished_at": 50.0},
+    ]
+    assert wall_seconds(profile) == 45.0  # 0-40 and 45-50; the rollout lies inside the evaluation
+    assert _total(profile)["seconds"] == 45.0 and _total(profile)["decoded_tokens"] == 12
+    assert wall_seconds([{"phase": "old", "seconds": 3.0}, {"phase": "older", "seconds": 4.0}]) == 7.0
+    assert wall_seconds([]) == 0.0
