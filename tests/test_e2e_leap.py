@@ -77,6 +77,13 @@ def test_smoke_run_completes_with_results(reference_run):
         assert json.loads((folder / "adapter_config.json").read_text())["layers_to_transform"] == list(range(15, 30))
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["environments"]["household"] and manifest["seed"] == 0
+    # BC's evaluation and iteration 1's rollouts ran side by side on the real student, each phase
+    # with its own work record.
+    phases = {p["name"]: p for p in state["phases"]}
+    assert phases["iter1.rollout"]["started_at"] < phases["iter0.eval"]["finished_at"]
+    assert phases["iter0.eval"]["outputs"]["work"]["student_steps"] > 0
+    assert phases["iter1.rollout"]["outputs"]["work"]["student_steps"] > 0
+    assert "| iter1.rollout ∥ |" in (run_dir / "results.md").read_text()
     assert not list(run_dir.rglob("*.partial")) and not list(run_dir.rglob("*.tmp"))
 
 

@@ -33,3 +33,12 @@ LOADED_ADAPTERS = Gauge("leap_student_loaded_adapters", "LoRA adapters held in m
 DROPPED_ROWS = Counter("leap_student_dropped_rows_total",
                        "Rows that left the scheduler unfinished: their request was cancelled (deadline, client) "
                        "or the row failed alone (non-finite scores, a sampling error)", ["reason"])
+ENGINE_SECONDS = Counter(
+    "leap_student_engine_seconds_total",
+    "Seconds the scheduler thread spent, by activity: prefill (newcomers' prompts), decode (one token for "
+    "every running row), step (choosing tokens, retiring rows), control (adapter loads), idle (no work)",
+    ["activity"],
+)
+DECODE_ROW_STEPS = Counter("leap_student_decode_row_steps_total",
+                           "Rows decoded, summed over decode passes (divided by the passes: the mean decode batch)")
+DECODE_PASSES = Counter("leap_student_decode_passes_total", "Decode forward passes")

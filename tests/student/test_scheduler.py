@@ -180,3 +180,31 @@ def test_close_fails_what_is_left_and_refuses_new_rows(engine):
         assert isinstance(row.future.exception(timeout=10), Unavailable)
     with pytest.raises(Unavailable):
         scheduler.submit(_rows(1))
+
+
+def test_the_engine_clock_counts_each_activity_and_the_rows_of_every_decode_pass(engine, caplog):
+    import logging
+
+    from services.student import metrics
+
+    s = Scheduler(engine, max_batch_size=4, max_prefill_rows=0, max_wait_ms=50)
+    s.clock.log_every_s = 0.0  # a log line at every activity
+    before = metrics.DECODE_ROW_STEPS._value.get()
+    s.start()
+    try:
+        rows = _rows(3, tokens=4)
+        with caplog.at_level(logging.INFO, logger="leap.student.local"):
+            s.submit(rows)
+            for row in rows:
+                row.future.result(timeout=10)
+            _wait(lambda: s.rows_in_flight() == 0, "the batch to end")
+    finally:
+        s.close()
+    clock = s.clock
+    # one prefill of 3 rows; 4 steps pick tokens, the first 3 of them followed by a decode of 3 rows
+    assert engine.prefills == [3] and engine.steps == [3, 3, 3, 3]
+    assert clock.decode_passes == 3 and clock.decode_rows == 9
+    assert metrics.DECODE_ROW_STEPS._value.get() - before == 9
+    assert all(clock.seconds[k] > 0 for k in ("prefill", "decode", "step", "idle"))
+    lines = [r for r in caplog.records if r.getMessage() == "engine time"]
+    assert lines and all(hasattr(r, "decode_s") and hasattr(r, "mean_decode_rows") for r in lines)

@@ -49,6 +49,43 @@ class Engine(Protocol):
         """One forward pass on each row's last token."""
 
 
+class EngineClock:
+    """Where the scheduler thread's time goes (Prometheus counters, and an info log line every
+    `log_every_s` seconds with the shares since the last one): prefill, decode, step, control, idle."""
+
+    ACTIVITIES = ("prefill", "decode", "step", "control", "idle")
+
+    def __init__(self, log_every_s: float = 60.0):
+        self.log_every_s = log_every_s
+        self.seconds = dict.fromkeys(self.ACTIVITIES, 0.0)
+        self.decode_passes = 0
+        self.decode_rows = 0
+        self._logged = (dict(self.seconds), 0, 0, time.monotonic())
+
+    def add(self, activity: str, seconds: float, rows: int = 0) -> None:
+        self.seconds[activity] += seconds
+        metrics.ENGINE_SECONDS.labels(activity).inc(seconds)
+        if activity == "decode":
+            self.decode_passes += 1
+            self.decode_rows += rows
+            metrics.DECODE_PASSES.inc()
+            metrics.DECODE_ROW_STEPS.inc(rows)
+        self.maybe_log()
+
+    def maybe_log(self) -> None:
+        before, passes, rows, at = self._logged
+        now = time.monotonic()
+        if now - at < self.log_every_s:
+            return
+        spent = {k: self.seconds[k] - before[k] for k in self.ACTIVITIES}
+        new_passes, new_rows = self.decode_passes - passes, self.decode_rows - rows
+        if new_passes or spent["prefill"]:
+            log.info("engine time", extra={**{f"{k}_s": round(v, 1) for k, v in spent.items()},
+                                           "decode_passes": new_passes,
+                                           "mean_decode_rows": round(new_rows / max(new_passes, 1), 1)})
+        self._logged = (dict(self.seconds), self.decode_passes, self.decode_rows, now)
+
+
 class Scheduler:
     """The request queue, control commands and the thread that runs `engine` (see the module docstring)."""
 
@@ -69,6 +106,8 @@ class Scheduler:
         self._active_rows = 0  # rows of the running batch (written by the scheduler thread)
         #: Rows dropped because their request was cancelled.
         self.cancelled_rows = 0
+        #: Where the scheduler thread's time goes.
+        self.clock = EngineClock()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -136,22 +175,23 @@ class Scheduler:
                     self._drop_cancelled_pending()  # a full batch takes no newcomers: drop them here too
                 try:
                     if batch is None:
-                        self._wait_for_work()
-                        self._run_control()
+                        self._timed("idle", self._wait_for_work)
+                        self._timed("control", self._run_control)
                         newcomers = self._take_newcomers(self._prefill_room(self.max_batch_size), first_batch=True)
                         if newcomers:
-                            batch = self.engine.prefill(newcomers)
+                            batch = self._timed("prefill", self.engine.prefill, newcomers)
                         continue
-                    batch = self.engine.step(batch)
-                    self._run_control()
+                    batch = self._timed("step", self.engine.step, batch)
+                    self._timed("control", self._run_control)
                     if batch is not None:
-                        batch = self.engine.decode(batch)
-                        self._run_control()  # an adapter load waits for one forward pass at most
+                        rows = len(batch.rows)
+                        batch = self._timed("decode", self.engine.decode, batch, rows=rows)
+                        self._timed("control", self._run_control)  # an adapter load waits for one forward pass at most
                     room = self.max_batch_size - (len(batch.rows) if batch else 0)
                     if room > 0 and (batch is None or self.engine.can_join):
                         newcomers = self._take_newcomers(self._prefill_room(room), first_batch=batch is None)
                         if newcomers:
-                            joined = self.engine.prefill(newcomers)
+                            joined = self._timed("prefill", self.engine.prefill, newcomers)
                             batch = (joined if batch is None
                                      else merge_batches(batch, joined, max_rows=self.max_batch_size))
                 except Exception as exc:  # noqa: BLE001 - fail the rows involved, keep serving
@@ -164,6 +204,13 @@ class Scheduler:
             self._active_rows = 0
             for row in batch.rows if batch is not None else []:
                 fail(row.future, Unavailable("the student server is shutting down"))
+
+    def _timed(self, activity: str, fn: Callable[..., Any], *args, rows: int = 0) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.clock.add(activity, time.perf_counter() - started, rows)
 
     def _run_control(self) -> None:
         while True:
