@@ -119,8 +119,10 @@ class RunConfig:
     iterations: int = 2               # LEAP iterations after BC (iteration 0)
     concurrency: int = 16             # episodes in flight at once (over every phase running)
     # Iteration i+1's rollouts start beside iteration i's evaluation: both play the same adapter, and
-    # the rollouts' episodes fill the decode batch as the evaluation's episodes end (its long tail
-    # of a few rows). Results are the same either way; episodes in flight stay within `concurrency`.
+    # the rollouts' episodes take the slots the evaluation's finished episodes free. Results are the
+    # same either way; episodes in flight stay within `concurrency`. Neutral on a 2-core CPU (the
+    # engine is never idle, README runs 25-26); it fills an evaluation's tail where passes of a few
+    # rows cost what full ones do.
     overlap_rollouts: bool = True
     keep_unchanged_steps: bool = False  # keep steps the teacher did not change in the SFT data
     environment: EnvironmentConfig = field(default_factory=EnvironmentConfig)

@@ -10,9 +10,10 @@ Phases, each persisted before the next starts:
 
 Iteration i's evaluation and iteration i+1's rollouts play the same adapter and need nothing of
 each other, so they run side by side (`overlap_rollouts`), within one budget of `concurrency`
-episodes in flight: the rollouts take the slots the evaluation's finished episodes free, and the
-student's decode batch stays full through the evaluation's tail. Each is still its own phase,
-begun, finished and resumed on its own.
+episodes in flight: the rollouts take the slots the evaluation's finished episodes free. Each is
+still its own phase, begun, finished and resumed on its own. On a 2-core CPU, whose student engine is
+never idle, this neither gains nor loses (README, runs 25-26); it pays where a decode pass of a few
+rows costs what a full one does.
 
 A phase's outputs are written atomically, then the phase is marked done. `--resume` skips done
 phases; an unfinished phase is redone from its inputs (which are deterministic: seeded rollouts,
