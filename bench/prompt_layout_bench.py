@@ -71,6 +71,7 @@ def main() -> None:
 
     from orchestrator.datasets import read_trajectories
     from services.models.loading import resolve_model
+    from services.runtime.files import atomic_write_json, atomic_write_text
     from services.student.prompts import chat_prompt, render_messages
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2").location)
@@ -104,8 +105,7 @@ def main() -> None:
         steps += 1
     result["changing_every_step_per_step"] = round(tail / max(steps, 1), 1)
     print(json.dumps(result, indent=2))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_json(args.out, result)
     lines = ["# Household prompt layouts: tokens left to prefill per step", "",
              f"{result['episodes']} episodes of {result['source']} replayed (bench/prompt_layout_bench.py).", "",
              "| layout | steps | prompt tokens | new tokens | new per step |", "|---|---:|---:|---:|---:|"]
@@ -113,7 +113,7 @@ def main() -> None:
         lines.append(f"| {name} | {r['steps']} | {r['prompt_tokens']} | {r['new_tokens']} | {r['new_per_step']} |")
     lines += ["", f"Tokens from the last turn (or the current observation) to the end, new at every step whatever "
               f"the layout: {result['changing_every_step_per_step']} per step."]
-    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
