@@ -28,11 +28,15 @@ def run_job(tmp_path: Path, output_name: str = "student", request_json: str | No
                                           run_dir=str(run_dir), method=trainer_pb2.TRAINING_METHOD_SFT)
     text = request_json or json.dumps(json_format.MessageToDict(request, preserving_proto_field_name=True))
     termination = tmp_path / "termination-log"
-    env = dict(os.environ, PYTHONPATH=str(ROOT), LEAP_TRAINER_JOB_SERVE=f"{sys.executable} -m tests.deploy.fake_trainer")
+    scratch = tmp_path / "scratch"  # the command's temp dir (TMPDIR): it must be gone at the end
+    scratch.mkdir(exist_ok=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(scratch),
+               LEAP_TRAINER_JOB_SERVE=f"{sys.executable} -m tests.deploy.fake_trainer")
     proc = subprocess.run([sys.executable, "-m", "orchestrator.platforms.trainer_job", "--request-json", text,
                            "--runs-dir", str(tmp_path / "runs"), "--termination-log", str(termination),
                            "--startup-timeout", "60"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120)
     message = termination.read_text() if termination.exists() else ""
+    assert not list(scratch.iterdir()), "the trainer Job left its work directory behind"
     return proc, message, run_dir
 
 
