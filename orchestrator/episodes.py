@@ -308,6 +308,11 @@ class EpisodeSlots:
         with self._changed:
             return self.size - self._free
 
+    def waiting(self) -> int:
+        """Episodes queued for a slot now."""
+        with self._changed:
+            return len(self._waiting)
+
 
 def run_parallel(fn: Callable[[int], object], count: int, concurrency: int,
                  on_done: Callable[[Outcome], None] | None = None, retries: int = 1,

@@ -451,15 +451,24 @@ def test_episode_slots_hand_a_freed_slot_to_the_lowest_priority_waiting_first():
     while slots.in_use() == 0:
         time.sleep(0.001)
     waiters = []
-    for name, priority in (("rollout-a", 7), ("rollout-b", 7), ("eval-a", 6), ("eval-b", 6)):
+    for queued, (name, priority) in enumerate((("rollout-a", 7), ("rollout-b", 7), ("eval-a", 6), ("eval-b", 6)), 1):
         waiters.append(threading.Thread(target=waiter, args=(name, priority)))
         waiters[-1].start()
-        time.sleep(0.02)  # arrive in this order
+        _wait_until(lambda: slots.waiting() == queued)  # arrive in this order
     release.set()
     for t in [first, *waiters]:
         t.join(5)
     assert order == ["eval-a", "eval-b", "rollout-a", "rollout-b"]
     assert slots.in_use() == 0
+
+
+def _wait_until(condition, timeout: float = 5.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
 
 
 def test_episode_slots_never_hold_more_than_their_size_and_a_closed_budget_starts_nothing_more():
@@ -472,11 +481,18 @@ def test_episode_slots_never_hold_more_than_their_size_and_a_closed_budget_start
     most = 0
     lock = threading.Lock()
 
+    full = threading.Event()  # set once three episodes hold a slot at the same time
+
     def episode(priority: int):
         nonlocal most
         with slots.hold(priority):
             with lock:
                 most = max(most, slots.in_use())
+                if most == 3:
+                    full.set()
+            # The first holders stay until the slots are full (however slowly the threads start on a
+            # busy machine), so the test sees them full; a fourth holder would show as most > 3.
+            full.wait(5)
             time.sleep(0.002)
 
     threads = [threading.Thread(target=episode, args=(k % 2,)) for k in range(24)]
@@ -510,7 +526,7 @@ def test_episode_slots_never_hold_more_than_their_size_and_a_closed_budget_start
     held.wait(5)
     queued = threading.Thread(target=waiting)
     queued.start()
-    time.sleep(0.02)
+    _wait_until(lambda: small.waiting() == 1)
     small.close()
     queued.join(5)
     release.set()
