@@ -1,4 +1,4 @@
-"""Suite-wide collection order: the longest test files first.
+"""Suite-wide: each xdist worker's share of the cores, and the longest test files first.
 
 The README's test command runs two pytest-xdist workers, one test file at a time each
 (`--dist loadfile`, set in pyproject.toml). A worker that picks up the minutes-long end-to-end runs last
@@ -29,11 +29,11 @@ def _weight(item) -> int:
 
 
 def pytest_collection_modifyitems(items):
-    file_weight: dict[str, int] = {}
-    for item in items:
-        path = str(item.path)
-        file_weight[path] = min(file_weight.get(path, 2), _weight(item))
-    first_seen = {}
+    # file -> (its lightest weight, where it first appears); sorted() is stable, so a file's tests
+    # keep their order.
+    files: dict[str, tuple[int, int]] = {}
     for index, item in enumerate(items):
-        first_seen.setdefault(str(item.path), index)
-    items.sort(key=lambda item: (file_weight[str(item.path)], first_seen[str(item.path)]))
+        path = str(item.path)
+        weight, first = files.get(path, (2, index))
+        files[path] = (min(weight, _weight(item)), first)
+    items.sort(key=lambda item: files[str(item.path)])
