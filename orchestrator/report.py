@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator.config import RunConfig
-from orchestrator.work import WORK_COLUMNS
+from orchestrator.work import OPTIONAL_WORK_COLUMNS, WORK_COLUMNS
 from services.runtime.experts import REFERENCE_EXPERTS
 from services.runtime.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -92,31 +92,47 @@ def _phase_label(entry: dict) -> str:
     return entry["phase"] + (BESIDE_MARK if entry.get("beside") else "")
 
 
-def _work_cells(entry: dict) -> list[str]:
-    return [f"{entry['seconds']:.1f}"] + [f"{entry[k]:,.0f}" if k in entry else "" for k in WORK_COLUMNS]
-
-
 _WORK_TITLES = ("phase", "seconds", "student steps", "prefilled tokens", "cached prompt tokens", "decoded tokens",
                 "trained tokens")
 
 
+def _optional_work_columns(profile: list[dict]) -> list[tuple[str, str, str]]:
+    """The optional counters (OPTIONAL_WORK_COLUMNS) that some phase of the profile has above zero."""
+    return [c for c in OPTIONAL_WORK_COLUMNS if any(entry.get(c[0]) for entry in profile)]
+
+
+def _work_titles(optional: list[tuple[str, str, str]]) -> list[str]:
+    return list(_WORK_TITLES) + [title for _key, title, _note in optional]
+
+
+def _work_cells(entry: dict, optional: list[tuple[str, str, str]] = ()) -> list[str]:
+    keys = list(WORK_COLUMNS) + [key for key, _title, _note in optional]
+    return [f"{entry['seconds']:.1f}"] + [f"{entry[k]:,.0f}" if k in entry else "" for k in keys]
+
+
+def _work_notes(profile: list[dict], optional: list[tuple[str, str, str]]) -> list[str]:
+    return ([BESIDE_NOTE] if any(entry.get("beside") for entry in profile) else []) + [note for *_, note in optional]
+
+
 def work_table(results: dict) -> Table:
     table = Table(title="work per phase")
-    for i, title in enumerate(_WORK_TITLES):
-        table.add_column(title, justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
     profile = results.get("profile", [])
+    optional = _optional_work_columns(profile)
+    for i, title in enumerate(_work_titles(optional)):
+        table.add_column(title, justify="left" if i == 0 else "right", style="bold" if i == 0 else None)
     for entry in profile:
-        table.add_row(_phase_label(entry), *_work_cells(entry))
+        table.add_row(_phase_label(entry), *_work_cells(entry, optional))
     if profile:
-        table.add_row("total", *_work_cells(_total(profile)), style="bold")
-    if any(entry.get("beside") for entry in profile):
-        table.caption = BESIDE_NOTE
+        table.add_row("total", *_work_cells(_total(profile), optional), style="bold")
+    notes = _work_notes(profile, optional)
+    if notes:
+        table.caption = "\n".join(notes)
     return table
 
 
 def _total(profile: list[dict]) -> dict:
     total = {"seconds": round(wall_seconds(profile), 2)}
-    for key in WORK_COLUMNS:
+    for key in list(WORK_COLUMNS) + [key for key, *_ in OPTIONAL_WORK_COLUMNS]:
         if any(key in e for e in profile):
             total[key] = sum(e.get(key, 0) for e in profile)
     return total
@@ -189,12 +205,13 @@ def markdown(results: dict) -> str:
         lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
     profile = results.get("profile", [])
     if profile:
-        lines += ["", "## Work per phase", "", "| " + " | ".join(_WORK_TITLES) + " |",
-                  "|---|" + "---:|" * (len(_WORK_TITLES) - 1)]
+        optional = _optional_work_columns(profile)
+        titles = _work_titles(optional)
+        lines += ["", "## Work per phase", "", "| " + " | ".join(titles) + " |", "|---|" + "---:|" * (len(titles) - 1)]
         for entry in profile + [{"phase": "total", **_total(profile)}]:
-            lines.append(f"| {_phase_label(entry)} | " + " | ".join(_work_cells(entry)) + " |")
-        if any(entry.get("beside") for entry in profile):
-            lines += ["", BESIDE_NOTE + "."]
+            lines.append(f"| {_phase_label(entry)} | " + " | ".join(_work_cells(entry, optional)) + " |")
+        for note in _work_notes(profile, optional):
+            lines += ["", note + "."]
     return "\n".join(lines) + "\n"
 
 

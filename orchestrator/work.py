@@ -23,6 +23,7 @@ class StudentWork:
         self.prompt_tokens = 0
         self.cached_tokens = 0
         self.decoded_tokens = 0
+        self.reasons_cut = 0
 
     def add(self, result: student_pb2.ActResult) -> None:
         prompt = max(0, result.prompt_tokens)
@@ -31,6 +32,7 @@ class StudentWork:
             self.prompt_tokens += prompt
             self.cached_tokens += min(max(0, result.cached_prompt_tokens), prompt)
             self.decoded_tokens += len(result.completion_token_ids)
+            self.reasons_cut += bool(result.reason_cut)
 
     def snapshot(self) -> dict[str, int]:
         """The tally for state.json; empty when the phase asked the student nothing."""
@@ -39,7 +41,8 @@ class StudentWork:
                 return {}
             return {"student_steps": self.steps, "prompt_tokens": self.prompt_tokens,
                     "prefilled_tokens": self.prompt_tokens - self.cached_tokens,
-                    "cached_prompt_tokens": self.cached_tokens, "decoded_tokens": self.decoded_tokens}
+                    "cached_prompt_tokens": self.cached_tokens, "decoded_tokens": self.decoded_tokens,
+                    "reasons_cut": self.reasons_cut}
 
 
 def training_work(job: trainer_pb2.Job) -> dict[str, float]:
@@ -56,3 +59,11 @@ def training_work(job: trainer_pb2.Job) -> dict[str, float]:
 
 #: The work counters a phase may carry, in the order the report shows them.
 WORK_COLUMNS = ("student_steps", "prefilled_tokens", "cached_prompt_tokens", "decoded_tokens", "trained_tokens")
+
+#: Counters the report shows as a column only when some phase has one above zero: key, title, note.
+OPTIONAL_WORK_COLUMNS = (
+    ("reasons_cut", "reasons cut",
+     "reasons cut: student steps whose reason ran out of student.max_reason_tokens before the ACTION label, so "
+     "the action was chosen after a cut reason; a share of them says the budget is smaller than the reasons the "
+     "student was trained on (raise student.max_reason_tokens, and max_new_tokens with it)"),
+)

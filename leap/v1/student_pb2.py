@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from leap.v1 import common_pb2 as leap_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15leap/v1/student.proto\x12\x07leap.v1\x1a\x14leap/v1/common.proto\"3\n\x0cHistoryEntry\x12\x13\n\x0bobservation\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"\x8f\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x18\n\x10\x63onstrain_action\x18\x05 \x01(\x08\x12\x19\n\x11max_reason_tokens\x18\x06 \x01(\x05\"\xcd\x01\n\x07\x41\x63tItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65nv\x18\x02 \x01(\t\x12\x0c\n\x04goal\x18\x03 \x01(\t\x12&\n\x07history\x18\x04 \x03(\x0b\x32\x15.leap.v1.HistoryEntry\x12\x13\n\x0bobservation\x18\x05 \x01(\t\x12\x12\n\ncandidates\x18\x06 \x03(\t\x12)\n\x08sampling\x18\x07 \x01(\x0b\x32\x17.leap.v1.SamplingParams\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x08 \x01(\t\"-\n\nActRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.leap.v1.ActItem\"\xe9\x01\n\tActResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x12\n\nraw_output\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63tion_valid\x18\x05 \x01(\x08\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x05\x12\x1c\n\x14\x63ompletion_token_ids\x18\x08 \x03(\x05\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\n \x01(\x05\"2\n\x0b\x41\x63tResponse\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.leap.v1.ActResult\"V\n\x12LoadAdapterRequest\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x16.leap.v1.CheckpointRef\x12\x14\n\x0ckeep_current\x18\x02 \x01(\x08\"\x84\x01\n\x0b\x41\x64\x61pterInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12*\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x16.leap.v1.CheckpointRef\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x12\x11\n\tin_flight\x18\x04 \x01(\x05\x12\x14\n\x0cload_seconds\x18\x05 \x01(\x01\"\'\n\x14UnloadAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x15\n\x13ListAdaptersRequest\"W\n\x14ListAdaptersResponse\x12\x17\n\x0f\x63urrent_version\x18\x01 \x01(\t\x12&\n\x08\x61\x64\x61pters\x18\x02 \x03(\x0b\x32\x14.leap.v1.AdapterInfo\"\x15\n\x13GetModelInfoRequest\"\x80\x02\n\tModelInfo\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x19\n\x11supports_hot_swap\x18\x05 \x01(\x08\x12$\n\x1csupports_per_request_adapter\x18\x06 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x12\x19\n\x11max_prompt_tokens\x18\x08 \x01(\x05\x12\x17\n\x0f\x63urrent_version\x18\t \x01(\t\x12\"\n\x1asupports_action_constraint\x18\n \x01(\x08\x32\xd9\x02\n\x0eStudentService\x12\x30\n\x03\x41\x63t\x12\x13.leap.v1.ActRequest\x1a\x14.leap.v1.ActResponse\x12@\n\x0bLoadAdapter\x12\x1b.leap.v1.LoadAdapterRequest\x1a\x14.leap.v1.AdapterInfo\x12\x44\n\rUnloadAdapter\x12\x1d.leap.v1.UnloadAdapterRequest\x1a\x14.leap.v1.AdapterInfo\x12K\n\x0cListAdapters\x12\x1c.leap.v1.ListAdaptersRequest\x1a\x1d.leap.v1.ListAdaptersResponse\x12@\n\x0cGetModelInfo\x12\x1c.leap.v1.GetModelInfoRequest\x1a\x12.leap.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15leap/v1/student.proto\x12\x07leap.v1\x1a\x14leap/v1/common.proto\"3\n\x0cHistoryEntry\x12\x13\n\x0bobservation\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\"\x8f\x01\n\x0eSamplingParams\x12\x13\n\x0btemperature\x18\x01 \x01(\x02\x12\x16\n\x0emax_new_tokens\x18\x02 \x01(\x05\x12\x0c\n\x04seed\x18\x03 \x01(\x03\x12\r\n\x05top_p\x18\x04 \x01(\x02\x12\x18\n\x10\x63onstrain_action\x18\x05 \x01(\x08\x12\x19\n\x11max_reason_tokens\x18\x06 \x01(\x05\"\xcd\x01\n\x07\x41\x63tItem\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0b\n\x03\x65nv\x18\x02 \x01(\t\x12\x0c\n\x04goal\x18\x03 \x01(\t\x12&\n\x07history\x18\x04 \x03(\x0b\x32\x15.leap.v1.HistoryEntry\x12\x13\n\x0bobservation\x18\x05 \x01(\t\x12\x12\n\ncandidates\x18\x06 \x03(\t\x12)\n\x08sampling\x18\x07 \x01(\x0b\x32\x17.leap.v1.SamplingParams\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x08 \x01(\t\"-\n\nActRequest\x12\x1f\n\x05items\x18\x01 \x03(\x0b\x32\x10.leap.v1.ActItem\"\xfd\x01\n\tActResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\x12\n\nraw_output\x18\x04 \x01(\t\x12\x14\n\x0c\x61\x63tion_valid\x18\x05 \x01(\x08\x12\x17\n\x0f\x61\x64\x61pter_version\x18\x06 \x01(\t\x12\x15\n\rprompt_tokens\x18\x07 \x01(\x05\x12\x1c\n\x14\x63ompletion_token_ids\x18\x08 \x03(\x05\x12\x12\n\nbatch_size\x18\t \x01(\x05\x12\x1c\n\x14\x63\x61\x63hed_prompt_tokens\x18\n \x01(\x05\x12\x12\n\nreason_cut\x18\x0b \x01(\x08\"2\n\x0b\x41\x63tResponse\x12#\n\x07results\x18\x01 \x03(\x0b\x32\x12.leap.v1.ActResult\"V\n\x12LoadAdapterRequest\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x16.leap.v1.CheckpointRef\x12\x14\n\x0ckeep_current\x18\x02 \x01(\x08\"\x84\x01\n\x0b\x41\x64\x61pterInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12*\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x16.leap.v1.CheckpointRef\x12\x0f\n\x07\x63urrent\x18\x03 \x01(\x08\x12\x11\n\tin_flight\x18\x04 \x01(\x05\x12\x14\n\x0cload_seconds\x18\x05 \x01(\x01\"\'\n\x14UnloadAdapterRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\x15\n\x13ListAdaptersRequest\"W\n\x14ListAdaptersResponse\x12\x17\n\x0f\x63urrent_version\x18\x01 \x01(\t\x12&\n\x08\x61\x64\x61pters\x18\x02 \x03(\x0b\x32\x14.leap.v1.AdapterInfo\"\x15\n\x13GetModelInfoRequest\"\x80\x02\n\tModelInfo\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x19\n\x11supports_hot_swap\x18\x05 \x01(\x08\x12$\n\x1csupports_per_request_adapter\x18\x06 \x01(\x08\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x12\x19\n\x11max_prompt_tokens\x18\x08 \x01(\x05\x12\x17\n\x0f\x63urrent_version\x18\t \x01(\t\x12\"\n\x1asupports_action_constraint\x18\n \x01(\x08\x32\xd9\x02\n\x0eStudentService\x12\x30\n\x03\x41\x63t\x12\x13.leap.v1.ActRequest\x1a\x14.leap.v1.ActResponse\x12@\n\x0bLoadAdapter\x12\x1b.leap.v1.LoadAdapterRequest\x1a\x14.leap.v1.AdapterInfo\x12\x44\n\rUnloadAdapter\x12\x1d.leap.v1.UnloadAdapterRequest\x1a\x14.leap.v1.AdapterInfo\x12K\n\x0cListAdapters\x12\x1c.leap.v1.ListAdaptersRequest\x1a\x1d.leap.v1.ListAdaptersResponse\x12@\n\x0cGetModelInfo\x12\x1c.leap.v1.GetModelInfoRequest\x1a\x12.leap.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,23 +41,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACTREQUEST']._serialized_start=463
   _globals['_ACTREQUEST']._serialized_end=508
   _globals['_ACTRESULT']._serialized_start=511
-  _globals['_ACTRESULT']._serialized_end=744
-  _globals['_ACTRESPONSE']._serialized_start=746
-  _globals['_ACTRESPONSE']._serialized_end=796
-  _globals['_LOADADAPTERREQUEST']._serialized_start=798
-  _globals['_LOADADAPTERREQUEST']._serialized_end=884
-  _globals['_ADAPTERINFO']._serialized_start=887
-  _globals['_ADAPTERINFO']._serialized_end=1019
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1021
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1060
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1062
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1083
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1085
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1172
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1174
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1195
-  _globals['_MODELINFO']._serialized_start=1198
-  _globals['_MODELINFO']._serialized_end=1454
-  _globals['_STUDENTSERVICE']._serialized_start=1457
-  _globals['_STUDENTSERVICE']._serialized_end=1802
+  _globals['_ACTRESULT']._serialized_end=764
+  _globals['_ACTRESPONSE']._serialized_start=766
+  _globals['_ACTRESPONSE']._serialized_end=816
+  _globals['_LOADADAPTERREQUEST']._serialized_start=818
+  _globals['_LOADADAPTERREQUEST']._serialized_end=904
+  _globals['_ADAPTERINFO']._serialized_start=907
+  _globals['_ADAPTERINFO']._serialized_end=1039
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1041
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1080
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1082
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1103
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1105
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1192
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1194
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1215
+  _globals['_MODELINFO']._serialized_start=1218
+  _globals['_MODELINFO']._serialized_end=1474
+  _globals['_STUDENTSERVICE']._serialized_start=1477
+  _globals['_STUDENTSERVICE']._serialized_end=1822
 # @@protoc_insertion_point(module_scope)

@@ -58,7 +58,7 @@ class ActRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ActItem, _Mapping]]] = ...) -> None: ...
 
 class ActResult(_message.Message):
-    __slots__ = ("request_id", "reason", "action", "raw_output", "action_valid", "adapter_version", "prompt_tokens", "completion_token_ids", "batch_size", "cached_prompt_tokens")
+    __slots__ = ("request_id", "reason", "action", "raw_output", "action_valid", "adapter_version", "prompt_tokens", "completion_token_ids", "batch_size", "cached_prompt_tokens", "reason_cut")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,7 @@ class ActResult(_message.Message):
     COMPLETION_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     CACHED_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASON_CUT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     reason: str
     action: str
@@ -79,7 +80,8 @@ class ActResult(_message.Message):
     completion_token_ids: _containers.RepeatedScalarFieldContainer[int]
     batch_size: int
     cached_prompt_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., action: _Optional[str] = ..., raw_output: _Optional[str] = ..., action_valid: _Optional[bool] = ..., adapter_version: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_token_ids: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ...) -> None: ...
+    reason_cut: bool
+    def __init__(self, request_id: _Optional[str] = ..., reason: _Optional[str] = ..., action: _Optional[str] = ..., raw_output: _Optional[str] = ..., action_valid: _Optional[bool] = ..., adapter_version: _Optional[str] = ..., prompt_tokens: _Optional[int] = ..., completion_token_ids: _Optional[_Iterable[int]] = ..., batch_size: _Optional[int] = ..., cached_prompt_tokens: _Optional[int] = ..., reason_cut: _Optional[bool] = ...) -> None: ...
 
 class ActResponse(_message.Message):
     __slots__ = ("results",)

@@ -84,7 +84,7 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
                 request_id=o.request_id, reason=o.reason, action=o.action, raw_output=o.raw_output,
                 action_valid=o.action_valid, adapter_version=o.adapter_version, prompt_tokens=o.prompt_tokens,
                 completion_token_ids=o.completion_token_ids, batch_size=o.batch_size,
-                cached_prompt_tokens=o.cached_prompt_tokens)
+                cached_prompt_tokens=o.cached_prompt_tokens, reason_cut=o.reason_cut)
             for o in outputs])
 
     def LoadAdapter(self, request, context):

@@ -253,7 +253,7 @@ class StudentService:
                 raw_output=generation.text, action_valid=parsed.valid, adapter_version=record.version,
                 prompt_tokens=generation.prompt_tokens or prompt.token_count,
                 completion_token_ids=list(generation.token_ids), batch_size=generation.batch_size,
-                cached_prompt_tokens=generation.cached_prompt_tokens))
+                cached_prompt_tokens=generation.cached_prompt_tokens, reason_cut=generation.reason_cut))
         return outputs
 
     @staticmethod

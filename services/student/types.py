@@ -64,6 +64,8 @@ class ActOutput:
     batch_size: int
     #: Of prompt_tokens, those served from a cache instead of prefilled.
     cached_prompt_tokens: int = 0
+    #: The reason ran out of its token budget and the server wrote the ACTION label (ActResult.reason_cut).
+    reason_cut: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,3 +144,5 @@ class Generation:
     finish_reason: str
     #: Prompt tokens whose KV came from a cache instead of this row's prefill (0: none or not known).
     cached_prompt_tokens: int = 0
+    #: A constrained row whose reason ran out of max_reason_tokens, so the server wrote the ACTION label.
+    reason_cut: bool = False

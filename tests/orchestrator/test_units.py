@@ -552,3 +552,30 @@ def test_the_work_tables_total_is_wall_time_when_phases_ran_side_by_side():
     assert _total(profile)["seconds"] == 45.0 and _total(profile)["decoded_tokens"] == 12
     assert wall_seconds([{"phase": "old", "seconds": 3.0}, {"phase": "older", "seconds": 4.0}]) == 7.0
     assert wall_seconds([]) == 0.0
+
+
+def test_reasons_cut_are_counted_per_phase_and_shown_only_when_some_phase_has_them():
+    from leap.v1 import student_pb2
+    from orchestrator.report import markdown, work_table
+    from orchestrator.work import StudentWork
+
+    work = StudentWork()
+    for cut in (True, False, True):
+        work.add(student_pb2.ActResult(prompt_tokens=10, completion_token_ids=[1, 2], reason_cut=cut))
+    assert work.snapshot()["reasons_cut"] == 2 and work.snapshot()["student_steps"] == 3
+
+    def results(cut: int) -> dict:
+        profile = [{"phase": "iter0.eval", "seconds": 5.0, "started_at": 0.0, "finished_at": 5.0, "student_steps": 3,
+                    "reasons_cut": cut},
+                   {"phase": "iter0.train", "seconds": 7.0, "started_at": 5.0, "finished_at": 12.0, "trained_tokens": 9}]
+        return {"run": "t", "splits": ["valid_unseen"], "eval_tasks": 1, "rows": [], "profile": profile}
+
+    text = markdown(results(2))
+    header = next(line for line in text.splitlines() if line.startswith("| phase |"))
+    assert header.endswith("| reasons cut |")
+    assert "| iter0.eval | 5.0 | 3 |" in text and text.count("| 2 |") == 2  # the phase and the total
+    assert "raise student.max_reason_tokens" in text
+    assert work_table(results(2)).columns[-1].header == "reasons cut"
+    quiet = markdown(results(0))
+    assert "reasons cut" not in quiet and "max_reason_tokens" not in quiet
+    assert work_table(results(0)).columns[-1].header == "trained tokens"

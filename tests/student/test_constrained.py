@@ -67,6 +67,7 @@ def test_the_written_label_opens_the_tree_and_the_chosen_candidate_ends_the_row(
     row = _row(constraint)
     assert _feed(constraint, row, _ids(constraint, "The fridge may hold it.\nACTION:")) is None
     assert row.choice.node is row.choice.tree and constraint.restricted(row.choice)
+    assert not row.choice.reason_cut  # the model wrote the label itself
     target = _ids(constraint, " open fridge 1")
     logits = torch.full((len(constraint.tokenizer),), -10.0)
     logits[target[0]] = 5.0
@@ -81,7 +82,9 @@ def test_a_spent_reason_budget_makes_the_server_write_the_label(constraint):
     row = _row(constraint, max_reason_tokens=3)
     word = _ids(constraint, " hmm")[0]
     assert _feed(constraint, row, [word, word]) is None and not row.choice.forced
+    assert not row.choice.reason_cut
     assert constraint.step(row, word) is None  # the budget is spent: the label is queued
+    assert row.choice.reason_cut  # ActResult.reason_cut: the action follows a cut reason
     label = list(row.choice.forced)
     assert label == constraint.label_ids[False]  # the reason did not end a line: "\nACTION:"
     ignored = _ids(constraint, " whatever")[0]
@@ -98,6 +101,7 @@ def test_eos_before_any_label_is_replaced_by_the_label(constraint):
     while row.choice.forced:
         constraint.step(row, eos)
     assert row.choice.node is row.choice.tree
+    assert not row.choice.reason_cut  # the model ended its reason itself; nothing was cut
 
 
 def test_a_single_candidate_is_written_without_a_choice(constraint):

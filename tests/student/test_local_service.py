@@ -150,6 +150,9 @@ def test_constrained_act_chooses_among_the_candidates(student):
     for result in results[:-1]:
         assert result.action_valid and result.action in CANDIDATES
         assert result.raw_output.endswith("ACTION: " + result.action)
+        # "REASON:" alone takes most of 4 tokens: every reason ran out of its budget.
+        assert result.reason_cut
+    assert not results[-1].reason_cut  # decoded freely: no budget, nothing cut
     # bash accepts any command: its candidates are suggestions, so the row is decoded freely (a
     # constrained row would add the label and a candidate after its 4 tokens of reason).
     assert len(results[-1].completion_token_ids) <= 4

@@ -30,13 +30,14 @@ class ActionChoice:
     `forced` holds label tokens the server writes for the row, fed one per step.
     """
 
-    __slots__ = ("tree", "node", "forced", "free_tokens")
+    __slots__ = ("tree", "node", "forced", "free_tokens", "reason_cut")
 
     def __init__(self, tree: dict):
         self.tree = tree
         self.node: dict | None = None  # None: still in the free-text reason
         self.forced: deque[int] = deque()
         self.free_tokens = 0
+        self.reason_cut = False  # the reason budget ran out and the server wrote the label
 
 
 def prefix_tree(sequences: list[list[int]]) -> dict:
@@ -147,6 +148,7 @@ class ActionConstraint:
                 return None
             # The reason budget is spent without a label: the server writes "ACTION:" from the next
             # step on (this step's token still has to go through the model).
+            choice.reason_cut = True
             choice.forced.extend(self.label_ids[self._ends_line(row)])
             return None
         # eos before any label: the label replaces it.

@@ -152,7 +152,8 @@ class RowDecoder:
         resolve(row.future, Generation(text=text, token_ids=list(row.tokens),
                                        prompt_tokens=row.request.prompt.token_count,
                                        batch_size=row.max_batch, finish_reason=reason,
-                                       cached_prompt_tokens=row.cached_tokens))
+                                       cached_prompt_tokens=row.cached_tokens,
+                                       reason_cut=bool(row.choice is not None and row.choice.reason_cut)))
 
     def fail_row(self, row: Row, exc: Exception) -> None:
         """Fail one row on its own (it leaves the batch; the others go on)."""
