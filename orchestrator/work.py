@@ -64,6 +64,7 @@ WORK_COLUMNS = ("student_steps", "prefilled_tokens", "cached_prompt_tokens", "de
 OPTIONAL_WORK_COLUMNS = (
     ("reasons_cut", "reasons cut",
      "reasons cut: student steps whose reason ran out of student.max_reason_tokens before the ACTION label, so "
-     "the action was chosen after a cut reason; a share of them says the budget is smaller than the reasons the "
-     "student was trained on (raise student.max_reason_tokens, and max_new_tokens with it)"),
+     "the action was chosen after a cut reason; an untrained student, which never writes the label, always has "
+     "them, but a trained one with a share of them has a budget smaller than the reasons it was trained on "
+     "(raise student.max_reason_tokens)"),
 )
