@@ -1,6 +1,11 @@
 """Run profile: what a whole `leap run` asks of the machine, phase by phase, against its matmul peak.
 
     .venv/bin/python bench/run_profile.py [--preset smoke] [--config FILE] [--isa native avx2]
+    .venv/bin/python bench/run_profile.py --from-run RUN_DIR [RUN_DIR ...] --isa avx2
+
+With --from-run, no run is started: each finished run directory (e.g. a default run of 47 minutes) is
+profiled from its state.json against a peak measured now, with the given --isa setting, on the
+machine it ran on (run it there, with nothing else running, or the ratio means nothing).
 
 For each ISA setting (native: whatever oneDNN finds; avx2: ONEDNN_MAX_CPU_ISA=AVX2, which turns AMX
 and AVX-512 off, as on most laptops and many cloud CPUs), in the same process environment:
@@ -117,9 +122,14 @@ def totals(rows: list[dict]) -> dict:
 
 
 def markdown(result: dict) -> str:
+    if result.get("from_runs"):
+        what = ("finished runs (" + ", ".join(f"`{d}`" for d in result["from_runs"]) + "), profiled from their "
+                "state.json; the peak was measured afterwards on the same machine, with nothing else running,")
+    else:
+        what = f"`leap run --preset {result['preset']}`{' --config ' + result['config'] if result['config'] else ''}"
     lines = ["# Run profile", "",
-             f"`leap run --preset {result['preset']}`{' --config ' + result['config'] if result['config'] else ''} on "
-             f"{result['machine']['cpus']} CPUs ({result['machine']['processor']}), torch {result['machine']['torch']}.",
+             f"{what} on {result['machine']['cpus']} CPUs ({result['machine']['processor']}), "
+             f"torch {result['machine']['torch']}.",
              "FLOPs are the weight matrices' only (a lower bound): 2N per prefilled or decoded token (+ the LM head "
              "per decoded token and per step), 4N per trained token (2N forward, 2N backward; the backward's share of the layers when LoRA sits on the last ones only) less the tokens of shared prefixes; N = parameters less embeddings. The share of "
              "peak is taken against the student's dtype (the trainer measures its own dtype the same way); phases "
@@ -127,6 +137,7 @@ def markdown(result: dict) -> str:
     for isa, run in result["runs"].items():
         peak = run["peak"]
         lines += [f"## {isa} ({run['environment'] or 'no override'})", "",
+                  (f"Run `{run['run_dir']}` ({run['run_name']}, seed {run['seed']}). " if run.get("run_dir") else "") +
                   f"Run wall time **{run['wall_s']:.0f} s**; student dtype {run['student_dtype']}; matmul peak "
                   f"fp32 {peak['fp32_flops'] / 1e9:.3g} GFLOP/s, bf16 {peak['bf16_flops'] / 1e9:.3g} GFLOP/s "
                   f"({peak['threads']} threads).", "",
@@ -139,6 +150,10 @@ def markdown(result: dict) -> str:
                      ("student_steps", "prefilled_tokens", "cached_prompt_tokens", "decoded_tokens", "trained_tokens")]
             lines.append(f"| {r['phase']} | {r['seconds']:.1f} | " + " | ".join(cells) +
                          f" | {r['gflop']:.1f} | {r['gflop_per_s']:.1f} | {100 * r['share_of_peak']:.1f} |")
+        prompt, prefilled = run["totals"].get("prompt_tokens", 0), run["totals"].get("prefilled_tokens", 0)
+        if prompt and prefilled:
+            lines += ["", f"Prompt tokens {prompt:,.0f}, of which the student prefilled {prefilled:,.0f} "
+                          f"(**{prompt / prefilled:.2f}x fewer**; the rest came from its KV cache)."]
         if run.get("success_table"):
             lines += ["", "What the run learned (its results table):", "", *run["success_table"]]
         lines.append("")
@@ -161,18 +176,69 @@ def success_table(run_dir: Path) -> list[str]:
     return lines[start:end]
 
 
+def run_record(run_dir: Path, isa: str, peak: dict, wall: float | None = None) -> dict:
+    """The profile of one finished run directory against `peak` (its dtype's), with its totals and outcome."""
+    dtype = json.loads((run_dir / "manifest.json").read_text()).get("student_dtype", "")
+    dtype_peak = peak["bf16_flops"] if "bf16" in dtype or "bfloat16" in dtype else peak["fp32_flops"]
+    phases = profile_of(run_dir, peak, dtype_peak)
+    total = totals(phases)
+    return {"environment": " ".join(f"{k}={v}" for k, v in ISA_SETTINGS[isa].items()),
+            "wall_s": round(wall if wall is not None else total["seconds"], 1),
+            "student_dtype": dtype, "peak": peak, "phases": phases, "totals": total,
+            "share_of_peak": round(total["gflop"] * 1e9 / max(total["seconds"], 1e-9) / dtype_peak, 4),
+            "success_table": success_table(run_dir)}
+
+
+def profile_finished_runs(run_dirs: list[Path], isa: str, out: Path) -> None:
+    """Profile finished runs against a peak measured now (one ISA setting), into run_profile_<name>.{json,md}."""
+    import torch
+
+    for run_dir in run_dirs:
+        if not (run_dir / "state.json").is_file() or not (run_dir / "manifest.json").is_file():
+            raise SystemExit(f"{run_dir}: not a run directory (no state.json and manifest.json)")
+    environ = dict(os.environ, **ISA_SETTINGS[isa])
+    if not ISA_SETTINGS[isa]:
+        environ.pop("ONEDNN_MAX_CPU_ISA", None)
+    peak = measure_peak(environ)
+    result = {"preset": None, "config": None, "from_runs": [str(d) for d in run_dirs], "runs": {},
+              "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                          "torch": torch.__version__, "load_average_before": list(os.getloadavg())}}
+    names = set()
+    for run_dir in run_dirs:
+        config = (run_dir / "config.yaml").read_text() if (run_dir / "config.yaml").is_file() else ""
+        fields = dict(line.split(":", 1) for line in config.splitlines() if line and not line.startswith(" ")
+                      and ":" in line)
+        name, seed = fields.get("name", "").strip() or "run", fields.get("seed", "").strip()
+        names.add(name)
+        record = run_record(run_dir, isa, peak)
+        record.update(run_dir=str(run_dir), run_name=name, seed=seed)
+        result["runs"][f"{isa}, {run_dir.name}"] = record
+    result["machine"]["load_average_after"] = list(os.getloadavg())
+    out.mkdir(parents=True, exist_ok=True)
+    name = "run_profile_" + ("_".join(sorted(names)) if names else "runs")
+    atomic_write_json(out / f"{name}.json", result)
+    atomic_write_text(out / f"{name}.md", markdown(result))
+    print(markdown(result))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="smoke")
     parser.add_argument("--config", default=None, help="a run config layered over the preset")
     parser.add_argument("--isa", nargs="+", default=list(ISA_SETTINGS), choices=list(ISA_SETTINGS))
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--from-run", nargs="+", default=None, metavar="RUN_DIR",
+                        help="profile these finished runs instead of starting one (one --isa setting)")
     parser.add_argument("--keep", default=None, metavar="DIR",
                         help="keep each run's directory as DIR/<isa> (checkpoints, trajectories, results) instead of "
                              "deleting it")
     args = parser.parse_args()
     import torch
 
+    if args.from_run:
+        if len(args.isa) != 1:
+            raise SystemExit("--from-run needs exactly one --isa: the setting the runs ran with")
+        return profile_finished_runs([Path(d) for d in args.from_run], args.isa[0], Path(args.out))
     result = {"preset": args.preset, "config": args.config, "runs": {},
               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                           "torch": torch.__version__, "load_average_before": list(os.getloadavg())}}
@@ -187,15 +253,8 @@ def main() -> None:
             if run_dir.exists():
                 raise SystemExit(f"{run_dir} exists: --keep needs a directory without a run of that name")
             wall = run_leap(environ, args.preset, args.config, run_dir)
-            dtype = json.loads((run_dir / "manifest.json").read_text()).get("student_dtype", "")
-            dtype_peak = peak["bf16_flops"] if "bf16" in dtype or "bfloat16" in dtype else peak["fp32_flops"]
-            phases = profile_of(run_dir, peak, dtype_peak)
-            outcome = success_table(run_dir)
-        total = totals(phases)
-        run = {"environment": " ".join(f"{k}={v}" for k, v in ISA_SETTINGS[isa].items()), "wall_s": round(wall, 1),
-               "student_dtype": dtype, "peak": peak, "phases": phases, "totals": total,
-               "share_of_peak": round(total["gflop"] * 1e9 / max(total["seconds"], 1e-9) / dtype_peak, 4),
-               "success_table": outcome}
+            run = run_record(run_dir, isa, peak, wall)
+        total = run["totals"]
         result["runs"][isa] = run
         print(json.dumps({"isa": isa, "wall_s": run["wall_s"], "totals": total}), flush=True)
     result["machine"]["load_average_after"] = list(os.getloadavg())
