@@ -35,7 +35,8 @@ masked). ``meta`` is an optional object (provenance such as task id, iteration, 
 trained on. ``chosen`` and ``rejected`` must differ.
 
 Limits (`DatasetLimits`, the trainer's --max-dataset-mb / --max-dataset-rows): a file is at most
-`max_bytes` bytes and `max_rows` rows, a JSONL line at most `max_line_bytes`, a row nested at most
+`max_bytes` bytes (a Parquet file also once decoded: its rows' sizes are computed before they are
+decoded) and `max_rows` rows, a JSONL line (a Parquet row's decoded text) at most `max_line_bytes`, a row nested at most
 `max_depth` levels. Checking a JSONL file streams it line by line (hashing the same bytes it parses),
 so StartJob's memory does not grow with the file; every string must be valid Unicode (a lone
 surrogate such as ``"\ud800"`` is refused here rather than failing the tokenizer later). Only regular
@@ -262,7 +263,44 @@ def _jsonl_rows(f, path: str, limits: DatasetLimits) -> Iterator:
             yield where, None, f"{where}: not valid JSON ({str(exc)[:200]})"
 
 
+#: Rows decoded at a time from a Parquet file (their sizes are checked before they become Python objects).
+PARQUET_BATCH_ROWS = 256
+
+
+def _arrow_row_bytes(array):
+    """The bytes of text (and 8 per other value) each row of an Arrow array holds once decoded, as a numpy
+    array, computed without decoding it: a dictionary-encoded value counts in every row that refers to it."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = array.type
+    if pa.types.is_dictionary(kind):
+        sizes = _arrow_row_bytes(array.dictionary)
+        indices = array.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        out = sizes[indices] if len(sizes) else np.zeros(len(array), dtype=np.int64)
+        return np.where(array.is_null().to_numpy(zero_copy_only=False), 0, out)
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+            or pa.types.is_large_binary(kind):
+        return pc.binary_length(array).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        flat = array.flatten()
+        parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
+        return np.bincount(parents, weights=_arrow_row_bytes(flat), minlength=len(array)).astype(np.int64)
+    if pa.types.is_struct(kind):
+        total = np.zeros(len(array), dtype=np.int64)
+        for child in array.flatten():
+            total += _arrow_row_bytes(child)
+        return total
+    return np.full(len(array), 8, dtype=np.int64)
+
+
 def _parquet_rows(data: bytes, path: str, limits: DatasetLimits) -> Iterator:
+    """Rows of a Parquet file, under the caps a JSONL file of the same rows has: each row at most
+    max_line_bytes and all rows together at most max_bytes of decoded text. Text columns are read
+    dictionary-encoded and every row's decoded size is computed before it becomes Python objects, so a
+    small file whose rows repeat one huge value (a few kB that decode to gigabytes) is refused without
+    ever being decoded."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -271,14 +309,43 @@ def _parquet_rows(data: bytes, path: str, limits: DatasetLimits) -> Iterator:
     yield tally
     try:
         parquet = pq.ParquetFile(io.BytesIO(data))
-        if parquet.metadata.num_rows > limits.max_rows:
-            raise DatasetError(f"dataset {path} has {parquet.metadata.num_rows} rows, more than this trainer's "
+        metadata = parquet.metadata
+        if metadata.num_rows > limits.max_rows:
+            raise DatasetError(f"dataset {path} has {metadata.num_rows} rows, more than this trainer's "
                                f"limit of {limits.max_rows} rows (--max-dataset-rows); split it into several files")
-        number = 0
-        for batch in parquet.iter_batches(batch_size=1024):
-            for row in batch.to_pylist():
+        stored = sum(max(0, metadata.row_group(g).column(c).total_uncompressed_size)
+                     for g in range(metadata.num_row_groups) for c in range(metadata.num_columns))
+        if stored > limits.max_bytes:  # decompressed pages (a dictionary page holds each value once)
+            raise DatasetError(f"dataset {path} decompresses to {stored} bytes, more than this trainer's limit of "
+                               f"{limits.max_bytes} bytes (--max-dataset-mb); split it into several files")
+        text_columns = [parquet.schema.column(i).path for i in range(metadata.num_columns)
+                        if parquet.schema.column(i).physical_type == "BYTE_ARRAY"]
+        parquet = pq.ParquetFile(io.BytesIO(data), read_dictionary=text_columns)
+        number = decoded = 0
+        for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+            sizes = sum((_arrow_row_bytes(column) for column in batch.columns), start=0)
+            if isinstance(sizes, int):  # a batch without columns
+                sizes = [0] * batch.num_rows
+            fits = [i for i, size in enumerate(sizes) if size <= limits.max_line_bytes]
+            decoded += int(sum(sizes[i] for i in fits))
+            if decoded > limits.max_bytes:
+                raise DatasetError(f"dataset {path} holds more than {limits.max_bytes} bytes of decoded rows, this "
+                                   "trainer's limit (--max-dataset-mb); split it into several files")
+            try:
+                rows = iter(batch.take(pa.array(fits, type=pa.int64())).to_pylist() if len(fits) < batch.num_rows
+                            else batch.to_pylist())
+            except (OverflowError, ValueError) as exc:  # e.g. a date past Python's year 9999
+                raise DatasetError(f"dataset {path}: rows {number + 1}-{number + batch.num_rows} hold a value "
+                                   f"Python cannot represent ({str(exc)[:200]})") from None
+            fitting = set(fits)
+            for i in range(batch.num_rows):
                 number += 1
-                yield f"{path}:row {number}", row, None
+                where = f"{path}:row {number}"
+                if i not in fitting:
+                    yield where, None, (f"{where}: the row holds {int(sizes[i])} bytes once decoded, more than "
+                                        f"{limits.max_line_bytes}, this trainer's limit for one row")
+                    continue
+                yield where, next(rows), None
     except (pa.ArrowException, OSError) as exc:
         raise DatasetError(f"dataset {path} is not a readable Parquet file: {str(exc)[:300]}") from None
 

@@ -90,6 +90,58 @@ def test_parquet_rows_are_checked_with_row_numbers(tmp_path):
         read_dataset(bad, "sft")
 
 
+def test_a_parquet_file_whose_rows_repeat_one_huge_value_is_refused_undecoded(tmp_path):
+    """A few kB of Parquet (one 4 MB dictionary value, referred to by 600 rows: 2.4 GB once decoded)
+    is refused row by row from the sizes alone; decoding it would take gigabytes."""
+    import resource
+
+    from services.trainer.datasets import DatasetLimits
+
+    rows = 600
+    completion = pa.DictionaryArray.from_arrays(pa.array([0] * rows, type=pa.int32()), pa.array(["a" * (4 << 20)]))
+    table = pa.table({"messages": pa.array([messages(0)] * rows), "completion": completion})
+    path = tmp_path / "bomb.parquet"
+    pq.write_table(table, path, compression="zstd", dictionary_pagesize_limit=64 << 20)
+    del table, completion
+    assert path.stat().st_size < 100_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DatasetError, match=r"600 of 600 rows are invalid: .*bomb\.parquet:row 1: the row holds "
+                                           r"419\d{4} bytes once decoded, more than 1048576"):
+        read_dataset(path, "sft", keep_examples=False, limits=DatasetLimits(max_line_bytes=1 << 20))
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 512, f"checking the file took {grown_mb:.0f} MB more"
+    # All rows together are capped like a JSONL file's bytes, each row fitting its own cap.
+    small = tmp_path / "many.parquet"
+    pq.write_table(pa.Table.from_pylist([{"messages": messages(i), "completion": "x" * 900} for i in range(40)]), small)
+    with pytest.raises(DatasetError, match=r"holds more than 20000 bytes of decoded rows"):
+        read_dataset(small, "sft", limits=DatasetLimits(max_bytes=20_000))
+
+
+def test_parquet_row_sizes_count_nested_text_nulls_and_slices():
+    from services.trainer.datasets import _arrow_row_bytes
+
+    table = pa.Table.from_pylist([
+        {"messages": [{"role": "user", "content": "abcd"}, {"role": "system", "content": None}], "n": 1,
+         "tags": {"k": "xy"}},
+        {"messages": None, "n": None, "tags": None},
+        {"messages": [], "n": 3, "tags": {"k": "z"}},
+    ])
+    sizes = [sum(int(_arrow_row_bytes(table.column(c).combine_chunks())[r]) for c in range(3)) for r in range(3)]
+    # row 0: "user" + "abcd" + "system" + the int (8) + "xy"; row 1: the null int still counts 8; row 2: 8 + "z"
+    assert sizes == [4 + 4 + 6 + 8 + 2, 8, 8 + 1]
+    encoded = table.column("messages").combine_chunks().slice(1)
+    assert list(_arrow_row_bytes(encoded)) == [0, 0]
+
+
+def test_a_parquet_value_python_cannot_hold_is_a_dataset_error(tmp_path):
+    path = tmp_path / "date.parquet"
+    days = pa.array([2**31 - 1], type=pa.int32()).cast(pa.date32())
+    pq.write_table(pa.table({"messages": [messages(0)], "completion": ["REASON: r\nACTION: a"], "meta": [{"d": None}]})
+                   .drop_columns(["meta"]).append_column("when", days), path)
+    with pytest.raises(DatasetError, match=r"date\.parquet: rows 1-1 hold a value Python cannot represent"):
+        read_dataset(path, "sft")
+
+
 def test_an_explicit_zero_dropout_is_kept_and_an_unset_one_is_the_default():
     from leap.v1 import trainer_pb2
     from services.trainer.server import request_from_proto
