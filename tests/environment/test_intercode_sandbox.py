@@ -154,6 +154,22 @@ def test_namespaces_and_mounts_are_closed(env, victim):
     assert not bounding & (1 << 21) and not bounding & (1 << 19) and not bounding & (1 << 12)  # admin ptrace net
 
 
+def test_no_memory_outside_any_process(env, victim):
+    """System V shared memory (a detached segment belongs to no process), semaphores, message queues and
+    memfd files hold memory that the sandbox's watchdog, which adds up its processes' RSS, would not see:
+    each is refused (EPERM)."""
+    probe = ("import ctypes, os; l = ctypes.CDLL(None, use_errno=True)\n"
+             "for name, args in (('shmget', (0, 50 << 20, 0o1600)), ('semget', (0, 1, 0o1600)), "
+             "('msgget', (0, 0o1600))):\n"
+             "    print(name, getattr(l, name)(*args), ctypes.get_errno())\n"
+             "print('mq_open', l.mq_open(b'/q', 0o100 | 2, 0o600, None), ctypes.get_errno())\n"
+             "try:\n    os.memfd_create('x'); print('memfd ok')\n"
+             "except OSError as e:\n    print('memfd', e.errno)\n")
+    obs = run(env, victim, f"python3 -c \"{probe}\"; ipcs -m | grep -c 0x || true")
+    for line in ("shmget -1 1", "semget -1 1", "msgget -1 1", "mq_open -1 1", "memfd 1"):
+        assert line in obs.text, obs.text
+
+
 @pytest.mark.parametrize("name, command", [
     ("fork bomb", ":(){ :|:& };:"),
     ("fork bomb in the foreground", "bomb() { bomb | bomb; }; bomb"),

@@ -124,7 +124,11 @@ _DENY_NAMES = ("ptrace", "syslog", "personality", "mount", "umount2", "pivot_roo
                "name_to_handle_at", "open_by_handle_at", "process_vm_readv", "process_vm_writev", "bpf",
                "userfaultfd", "lookup_dcookie", "io_uring_setup", "io_uring_enter", "io_uring_register",
                "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "mount_setattr",
-               "vhangup", "uselib", "nfsservctl", "fanotify_init", "pidfd_getfd")
+               "vhangup", "uselib", "nfsservctl", "fanotify_init", "pidfd_getfd",
+               # Memory that no process's resident size shows, so the sandbox's memory watchdog (which adds
+               # up its processes' RSS) would not see it: System V shared memory, semaphores and message
+               # queues (a detached segment belongs to no process), POSIX message queues, memfd files.
+               "shmget", "shmat", "semget", "msgget", "mq_open", "memfd_create", "memfd_secret")
 SYSCALLS = {
     "x86_64": dict(ptrace=101, syslog=103, personality=135, mount=165, umount2=166, pivot_root=155, swapon=167,
                    swapoff=168, reboot=169, iopl=172, ioperm=173, init_module=175, finit_module=313,
@@ -135,7 +139,8 @@ SYSCALLS = {
                    bpf=321, userfaultfd=323, lookup_dcookie=212, io_uring_setup=425, io_uring_enter=426,
                    io_uring_register=427, open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432,
                    fspick=433, mount_setattr=442, vhangup=153, uselib=134, nfsservctl=180, fanotify_init=300,
-                   pidfd_getfd=438, clone=56, clone3=435, socket=41),
+                   pidfd_getfd=438, shmget=29, shmat=30, semget=64, msgget=68, mq_open=240, memfd_create=319,
+                   memfd_secret=447, clone=56, clone3=435, socket=41),
     "aarch64": dict(ptrace=117, syslog=116, personality=92, mount=40, umount2=39, pivot_root=41, swapon=224,
                     swapoff=225, reboot=142, init_module=105, finit_module=273, delete_module=106, quotactl=60,
                     acct=89, settimeofday=170, clock_settime=112, clock_adjtime=266, adjtimex=171,
@@ -144,7 +149,9 @@ SYSCALLS = {
                     process_vm_readv=270, process_vm_writev=271, bpf=280, userfaultfd=282, lookup_dcookie=18,
                     io_uring_setup=425, io_uring_enter=426, io_uring_register=427, open_tree=428, move_mount=429,
                     fsopen=430, fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, vhangup=58,
-                    nfsservctl=42, fanotify_init=262, pidfd_getfd=438, clone=220, clone3=435, socket=198),
+                    nfsservctl=42, fanotify_init=262, pidfd_getfd=438, shmget=194, shmat=196, semget=190,
+                    msgget=186, mq_open=180, memfd_create=279, memfd_secret=447, clone=220, clone3=435,
+                    socket=198),
 }
 DENIED_SOCKET_FAMILIES = (15, 38, 40)  # AF_KEY, AF_ALG, AF_VSOCK
 
