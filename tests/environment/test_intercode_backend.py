@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import grpc
@@ -161,6 +162,53 @@ def test_replays_follow_the_working_directory(oracle):
     assert "run" not in state.secrets  # too short a word to hide (see IntercodeBashBackend.secrets)
     advice = oracle.expert_actions(task, ["cd /testbed"], "planner")
     assert advice.rationale == "To do what the task asks I run ls, which lists directory contents."
+
+
+def test_a_replay_cut_by_its_time_budget_is_not_kept(backend, monkeypatch):
+    """Commands the replay's time budget skipped never ran: a later, longer history must not resume from
+    that sandbox as if they had."""
+    from services.environment.backends.intercode_bash import backend as module
+
+    task = backend.bash_task("fs1-000")
+    history = ["sleep 0.3", "echo made > /tmp/marker"]
+    monkeypatch.setattr(module, "REPLAY_BUDGET_S", 0.1)
+    sandbox, outputs, cwd, complete = backend.replay(task, history)
+    assert outputs == ["", ""] and not complete  # the sleep ran past the budget; the echo was skipped
+    backend._keep_replay(task, history, sandbox, outputs, cwd, complete)
+    monkeypatch.setattr(module, "REPLAY_BUDGET_S", 60.0)
+    sandbox, outputs, _, complete = backend.replay(task, history + ["cat /tmp/marker"])
+    try:
+        assert complete and outputs[-1] == "made\n", outputs
+    finally:
+        sandbox.close()
+
+
+def test_sandboxes_work_past_descriptor_1024(backend):
+    """A busy server holds over a thousand descriptors (three per session): a sandbox whose socket and
+    pidfd are numbered past 1024 must still run commands and close (select() refuses such numbers)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1200 if hard == resource.RLIM_INFINITY else min(hard, 1200)
+    if wanted < 1100:
+        pytest.skip(f"RLIMIT_NOFILE's hard limit ({hard}) is too low to open 1,100 descriptors")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    from services.environment.backends.intercode_bash.sandbox import Sandbox
+
+    spec = backend.template(1).spec
+    filler = [os.open("/dev/null", os.O_RDONLY) for _ in range(1030)]
+    try:
+        sandbox = Sandbox(spec).start()  # started now, not taken from the warm pool
+        try:
+            assert sandbox._sock.fileno() >= 1024
+            assert sandbox.run("echo hi", "/").text == "hi\n"
+        finally:
+            sandbox.close()
+        assert sandbox.dead
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _shows(message, secret: str) -> bool:

@@ -170,6 +170,23 @@ def test_no_memory_outside_any_process(env, victim):
         assert line in obs.text, obs.text
 
 
+def test_hard_links_do_not_multiply_the_work_of_scoring(env, bystander):
+    """Hard links cost an inode, not disk: 3,000 links to one 8 MB file would make the submission's
+    snapshot read 24 GB (tens of seconds of a server thread). Each file is read once per inode."""
+    session = env.reset(ENV, task_id="fs1-000", horizon=10).session_id
+    try:
+        made = run(env, session, "python3 -c \"import os\nos.mkdir('/big')\n"
+                                 "with open('/big/f', 'wb') as f: f.write(b'x' * (8 << 20))\n"
+                                 "for i in range(3000): os.link('/big/f', '/big/l%d' % i)\n"
+                                 "print(len(os.listdir('/big')))\"")
+        assert made.text.strip() == "3001", made.text
+        started = time.monotonic()
+        scored = env.step(session, "submit", timeout_s=30)
+        assert scored.done and time.monotonic() - started < 5.0, time.monotonic() - started
+    finally:
+        env.close_session(session)
+
+
 @pytest.mark.parametrize("name, command", [
     ("fork bomb", ":(){ :|:& };:"),
     ("fork bomb in the foreground", "bomb() { bomb | bomb; }; bomb"),

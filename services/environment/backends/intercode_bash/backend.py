@@ -154,7 +154,6 @@ class IntercodeEpisode(base.EpisodeState):
         self.actions: list[str] = []
         self.first_command: str | None = None
         self.last_output = ""
-        self.outputs: list[str] = []
         self.reward: Reward | None = None
 
     def reset(self) -> base.Observation:
@@ -181,7 +180,6 @@ class IntercodeEpisode(base.EpisodeState):
         if self.first_command is None:
             self.first_command = command
         self.last_output = result.text
-        self.outputs.append(result.text)
         if result.cwd:
             self.cwd = result.cwd
         exit_code = "" if result.exit_code is None else str(result.exit_code)
@@ -393,9 +391,11 @@ class IntercodeBashBackend(base.Backend):
                 return i
         return None
 
-    def replay(self, task: data.BashTask, actions: Sequence[str]) -> tuple[Sandbox, list[str], str]:
-        """A sandbox after running `actions` (up to a submit) from the initial state, their outputs and
-        the working directory. The caller owns the sandbox and returns it with `_keep_replay`."""
+    def replay(self, task: data.BashTask, actions: Sequence[str]) -> tuple[Sandbox, list[str], str, bool]:
+        """A sandbox after running `actions` (up to a submit) from the initial state, their outputs, the
+        working directory, and whether every command ran (False when the replay's time budget cut it
+        short: such a sandbox is not the state of the history, and `_keep_replay` does not keep it). The
+        caller owns the sandbox and returns it with `_keep_replay`."""
         commands = [a.strip() for a in actions]
         end = self._submitted_at(commands)
         commands = commands[:end] if end is not None else commands
@@ -414,10 +414,15 @@ class IntercodeBashBackend(base.Backend):
         else:
             n, sandbox, outputs, cwd = 0, self.acquire(task.family), [], "/"
         started = time.monotonic()
+        complete = True
         try:
             for command in commands[n:]:
-                if "\x00" in command or time.monotonic() - started > REPLAY_BUDGET_S:
+                if "\x00" in command:
                     outputs.append("")
+                    continue
+                if time.monotonic() - started > REPLAY_BUDGET_S:
+                    outputs.append("")
+                    complete = False
                     continue
                 result = sandbox.run(command, cwd)
                 outputs.append(result.text)
@@ -425,13 +430,13 @@ class IntercodeBashBackend(base.Backend):
         except SandboxError as exc:
             sandbox.close()
             raise ResourceExhausted(f"the history could not be replayed ({exc}); retry later") from None
-        return sandbox, outputs, cwd
+        return sandbox, outputs, cwd, complete
 
     def _keep_replay(self, task: data.BashTask, actions: Sequence[str], sandbox: Sandbox, outputs: list[str],
-                     cwd: str) -> None:
+                     cwd: str, complete: bool = True) -> None:
         commands = [a.strip() for a in actions]
         end = self._submitted_at(commands)
-        if end is not None or sandbox.dead:
+        if end is not None or sandbox.dead or not complete:
             sandbox.close()
             return
         evicted = []
@@ -477,8 +482,8 @@ class IntercodeBashBackend(base.Backend):
     def privileged_state(self, task_id: str, actions: Sequence[str]) -> base.PrivilegedInfo:
         task = self.bash_task(task_id)
         gold = self.gold(task)
-        sandbox, outputs, cwd = self.replay(task, actions)
-        self._keep_replay(task, actions, sandbox, outputs, cwd)
+        sandbox, outputs, cwd, complete = self.replay(task, actions)
+        self._keep_replay(task, actions, sandbox, outputs, cwd, complete)
         changes = [f"{code} {path}" for path, code in gold.status]
         facts = [
             f"the gold command exits with status {gold.exit_code}" if gold.exit_code is not None
@@ -503,7 +508,7 @@ class IntercodeBashBackend(base.Backend):
         task = self.bash_task(task_id)
         plan = self.plan(task, actions)
         if not plan:  # submitted: the episode is over; was it won?
-            sandbox, outputs, _ = self.replay(task, actions)
+            sandbox, outputs, _, _ = self.replay(task, actions)
             try:
                 commands = [a.strip() for a in actions[:self._submitted_at(actions)]]
                 reward = self.evaluate(task, sandbox, commands[0] if commands else None, outputs[-1] if outputs else "")

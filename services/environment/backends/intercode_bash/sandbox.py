@@ -113,6 +113,14 @@ def _send(sock: socket.socket, message: dict) -> None:
     sock.sendall(struct.pack(">I", len(data)) + data)
 
 
+def _wait_readable(fd: int, timeout_s: float) -> None:
+    """Wait until `fd` is readable (a pidfd: its process exited). poll(), not select(), which refuses
+    descriptors numbered 1024 or more."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    poller.poll(int(timeout_s * 1000))
+
+
 def _recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
     chunks, got = [], 0
     while got < size:
@@ -232,7 +240,7 @@ class Sandbox:
             except OSError:
                 pass  # already gone
             try:
-                select.select([inner_fd], [], [], 10.0)
+                _wait_readable(inner_fd, 10.0)
             finally:
                 os.close(inner_fd)
         if proc is not None:

@@ -45,6 +45,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import math
 import os
 import resource
 import select
@@ -102,6 +103,16 @@ KEEP_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})  # chown
 # directory or file of one of these names is not part of the compared state, nor anything below it.
 IGNORED_NAMES = frozenset({"bin", "boot", "dev", "etc", "home", "lib", "media", "opt", "proc", "root", "run",
                            "sbin", "srv", "sys", "usr", "var", ".dockerenv", ".git"})
+
+
+def _readable(fds: list[int], timeout_s: float) -> list[int]:
+    """The descriptors among `fds` that are readable (or closed) within `timeout_s`. poll(), not select():
+    select() refuses descriptors numbered 1024 or more, which a busy server's sandboxes reach."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+    return [fd for fd, _ in poller.poll(max(0, math.ceil(timeout_s * 1000)))]
+
 
 MAX_MESSAGE = 16 * 1024 * 1024
 #: An empty directory of every template (under /run, which the reward ignores), removed at start to
@@ -603,7 +614,7 @@ def run(sock: socket.socket, cfg: dict, info: dict, request: dict) -> dict:
         _child(cfg, request, out_w, cwd_w)
     os.close(out_w)
     os.close(cwd_w)
-    # A pidfd turns readable when the shell exits, so select() wakes at once instead of at the next poll.
+    # A pidfd turns readable when the shell exits, so poll() wakes at once instead of at the next check.
     try:
         exit_fd = os.pidfd_open(pid)
     except (AttributeError, OSError):
@@ -621,12 +632,11 @@ def run(sock: socket.socket, cfg: dict, info: dict, request: dict) -> dict:
             if now >= deadline:
                 timed_out = True
                 break
-            waiting = list(open_fds) + [sock] + ([exit_fd] if exit_fd >= 0 and status is None else [])
-            readable, _, _ = select.select(waiting, [], [], min(0.05, deadline - now))
-            for fd in readable:
+            waiting = list(open_fds) + [sock.fileno()] + ([exit_fd] if exit_fd >= 0 and status is None else [])
+            for fd in _readable(waiting, min(0.05, deadline - now)):
                 if fd == exit_fd:
                     continue  # the waitpid below collects the status
-                if fd is sock:
+                if fd == sock.fileno():
                     # The server never sends during a command; readable means it went away.
                     if not sock.recv(1, socket.MSG_PEEK):
                         _kill_all()
@@ -706,19 +716,29 @@ def run(sock: socket.socket, cfg: dict, info: dict, request: dict) -> dict:
 
 # --- file-system state ------------------------------------------------------------------------------
 
-def _md5_of_file(path: str) -> str | None:
-    """md5 of a regular file, opened without following a final symlink; None for anything else."""
+def _md5_of_file(path: str, seen: dict | None = None) -> str | None:
+    """md5 of a regular file, opened without following a final symlink; None for anything else.
+
+    `seen` (one per request) holds the digests of the files already read, by inode: hard links to one
+    file (a command can make thousands in a second) are read once, so a request reads at most the
+    bytes the sandbox's file system holds."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             return None
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if seen is not None and key in seen:
+            return seen[key]
         digest = hashlib.md5()
         while True:
             chunk = os.read(fd, 1 << 20)
             if not chunk:
+                if seen is not None:
+                    seen[key] = digest.hexdigest()
                 return digest.hexdigest()
             digest.update(chunk)
     except OSError:
@@ -730,6 +750,7 @@ def _md5_of_file(path: str) -> str | None:
 def snapshot() -> dict:
     """Every regular file and symlink under / that InterCode's .gitignore does not exclude."""
     entries: dict[str, list] = {}
+    seen: dict = {}
     truncated = False
     stack = [""]
     while stack:
@@ -759,7 +780,7 @@ def snapshot() -> dict:
                 except OSError:
                     pass
             elif stat.S_ISREG(st.st_mode):
-                digest = _md5_of_file("/" + path)
+                digest = _md5_of_file("/" + path, seen)
                 if digest is not None:
                     entries[path] = ["f", 1 if st.st_mode & stat.S_IXUSR else 0, digest]
     return {"entries": entries, "truncated": truncated}
@@ -792,10 +813,11 @@ def path_hash(path: str) -> str:
         return "other"
     digest = hashlib.md5()
     count = 0
+    seen: dict = {}
     for dirpath, dirnames, filenames in os.walk(full):
         dirnames.sort()
         for name in sorted(filenames):
-            file_digest = _md5_of_file(os.path.join(dirpath, name))
+            file_digest = _md5_of_file(os.path.join(dirpath, name), seen)
             if file_digest is not None:
                 digest.update(f"{os.path.relpath(os.path.join(dirpath, name), full)}\0{file_digest}\n".encode())
                 count += 1
