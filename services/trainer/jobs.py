@@ -20,8 +20,10 @@ from services.runtime.errors import InvalidArgument, quote
 from services.runtime.numbers import is_finite_number
 from services.trainer import methods
 
+#: transformers' schedulers that need no argument besides the warmup (cosine_with_min_lr and
+#: warmup_stable_decay need more, which a job cannot pass: every job naming them would fail).
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
-                 "polynomial", "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+                 "polynomial", "inverse_sqrt")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
 MAX_TARGET_MODULES = 64

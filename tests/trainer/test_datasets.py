@@ -170,6 +170,9 @@ def test_hyper_parameter_defaults_follow_leap():
     (HyperParameters(lora_dropout=1.5), "lora_dropout must be a number in [0, 1) (got 1.5)"),
     (HyperParameters(learning_rate=float("nan")), "learning_rate must be a number in (0, 1] (got nan)"),
     (HyperParameters(lr_scheduler="sawtooth"), "lr_scheduler 'sawtooth' is unknown"),
+    # transformers has them, but they need arguments a job cannot give: every such job would fail
+    (HyperParameters(lr_scheduler="warmup_stable_decay"), "lr_scheduler 'warmup_stable_decay' is unknown"),
+    (HyperParameters(lr_scheduler="cosine_with_min_lr"), "lr_scheduler 'cosine_with_min_lr' is unknown"),
     (HyperParameters(target_modules=["q_proj", "../x"]), "target_modules must be module names"),
     (HyperParameters(max_steps=-3), "max_steps must be in [0, 10000000] (got -3)"),
 ])
