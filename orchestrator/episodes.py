@@ -317,7 +317,8 @@ class EpisodeSlots:
 def run_parallel(fn: Callable[[int], object], count: int, concurrency: int,
                  on_done: Callable[[Outcome], None] | None = None, retries: int = 1,
                  slots: EpisodeSlots | None = None, priority: int = 0) -> list[Outcome]:
-    """Run fn(0..count-1) on a bounded thread pool; an RPC failure is retried, then recorded.
+    """Run fn(0..count-1) on a bounded thread pool; a failure (an RPC error, or any other exception: a
+    malformed reply, a bug) is retried, then recorded as the episode's error, which counts as a failure.
 
     `slots`, shared by calls running at the same time, bounds their episodes in flight together
     (each call of `fn` holds one slot; `priority` orders the calls' claims on freed slots). Results come back in index order whatever the completion
@@ -334,9 +335,14 @@ def run_parallel(fn: Callable[[int], object], count: int, concurrency: int,
                     return Outcome(i, fn(i))
                 with slots.hold(priority):
                     return Outcome(i, fn(i))
+            except SlotsClosed:
+                raise  # a phase beside this one failed: stop, do not record
             except grpc.RpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"
                 log.warning("episode failed; retrying", extra={"index": i, "error": last})
+            except Exception as exc:  # noqa: BLE001 - recorded as this episode's error, never lost with the phase
+                last = f"{type(exc).__name__}: {str(exc)[:300]}"
+                log.warning("episode failed; retrying", extra={"index": i, "error": last}, exc_info=True)
         return Outcome(i, None, last)
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="episode") as pool:

@@ -413,8 +413,9 @@ class LeapRun:
                                   adapter_version(i - 1))
         trajectories, errors = self._play(f"iter{i}: rollouts on train", tasks, settings)
         path = ds.write_trajectories(self.run_dir / "trajectories" / f"iter{i}-rollouts.jsonl", trajectories)
+        # An episode that could not be played counts as a failed one (never dropped from the rate).
         return {"trajectories_file": str(path), "episodes": len(trajectories), "errors": errors,
-                "success": summarize(trajectories)["overall"]["success"]}
+                "success": summarize(trajectories, len(errors))["overall"]["success"]}
 
     def _correct(self, i: int) -> dict:
         rollouts = ds.read_trajectories(Path(self.state.outputs(f"iter{i}.rollout")["trajectories_file"]))
@@ -425,9 +426,13 @@ class LeapRun:
                                     self.config.concurrency, lambda _o: bar.advance(1))
         pairs = [(failed[o.index], o.value) for o in outcomes if o.value is not None]
         path = ds.write_corrections(self.run_dir / "trajectories" / f"iter{i}-corrections.jsonl", pairs)
+        # A trajectory the teacher could not be asked about (its call failed after the retry) has no
+        # correction: it is named here rather than left out unseen.
+        unasked = [{"task_id": failed[o.index].task_id, "error": o.error} for o in outcomes if o.value is None]
         return {"corrections_file": str(path), "failed": len(failed),
                 "corrected_ok": sum(1 for _t, c in pairs if c.ok),
-                "teacher_failures": [c.error for _t, c in pairs if not c.ok][:20]}
+                "teacher_failures": [c.error for _t, c in pairs if not c.ok][:20],
+                "teacher_errors": len(unasked), "teacher_error_examples": unasked[:20]}
 
     def _iteration_rows(self, i: int, method: str) -> list[dict]:
         window = self.config.student.history_window

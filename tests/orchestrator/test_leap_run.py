@@ -12,6 +12,7 @@ the teacher, and feed the next iteration).
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -538,3 +539,47 @@ def test_when_the_evaluation_fails_the_rollouts_beside_it_start_no_more_episodes
     # Once the evaluation has failed, the budget closes: rollout episodes that were waiting for the
     # one slot never start (without the close, all 8 would be played before the run stopped).
     assert len(student.episodes.get("train", ())) < 8
+
+
+def test_an_episode_that_fails_with_any_exception_counts_as_an_error_not_a_dead_phase(tmp_path):
+    """A reply the orchestrator cannot use (here an Act answer without results, so an IndexError, not an
+    RPC error) is retried, then recorded as that episode's error: a failure in the results; the run goes on."""
+
+    class OneBadAnswer(FakeStudent):
+        def Act(self, request, timeout=None):
+            if request.items[0].request_id.startswith("valid_unseen-3/"):
+                return student_pb2.ActResponse()
+            return super().Act(request, timeout)
+
+    run_dir = tmp_path / "run"
+    make_run(run_dir, FakeStubs(FakeTrainer(), OneBadAnswer())).run()
+    baseline = json.loads((run_dir / "metrics" / "baseline.json").read_text())
+    overall = baseline["splits"]["valid_unseen"]["overall"]
+    assert overall["errors"] == 1 and overall["episodes"] == 4, overall
+    assert "IndexError" in json.dumps(baseline)
+
+
+def test_a_rollout_that_could_not_be_played_counts_as_failed_in_the_rollout_success(tmp_path):
+    class OneRolloutFails(FakeStudent):
+        def Act(self, request, timeout=None):
+            item = request.items[0]
+            if item.request_id.startswith("train-11/"):
+                raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "student restarting")
+            return super().Act(request, timeout)
+
+    run_dir = tmp_path / "run"
+    make_run(run_dir, FakeStubs(FakeTrainer(), OneRolloutFails())).run()
+    state = json.loads((run_dir / "state.json").read_text())
+    rollout = next(p["outputs"] for p in state["phases"] if p["name"] == "iter1.rollout")
+    played = ds_read(rollout["trajectories_file"])
+    assert len(rollout["errors"]) == 1 and rollout["episodes"] == len(played)
+    won = sum(t.won for t in played)
+    assert rollout["success"] == pytest.approx(100.0 * won / (len(played) + 1))
+    correct = next(p["outputs"] for p in state["phases"] if p["name"] == "iter1.correct")
+    assert correct["teacher_errors"] == 0 and correct["teacher_error_examples"] == []
+
+
+def ds_read(path: str) -> list:
+    from orchestrator import datasets as ds
+
+    return ds.read_trajectories(Path(path))
