@@ -206,6 +206,39 @@ def test_nan_and_huge_weights_are_refused_before_they_serve(student):
     assert result.adapter_version == "base" and result.completion_token_ids
 
 
+def test_an_adapter_config_cannot_rewrite_the_base_model(student):
+    """peft's PiSSA/OLoRA initialisations subtract a decomposition from the base weights in place when
+    the adapter is added, and layer replication copies decoder layers: the base model serves every
+    version, "base" included, so a checkpoint asking for them must not change it, loaded or refused."""
+    import hashlib
+
+    def base_digest():
+        weights = [m.get_base_layer().weight if hasattr(m, "get_base_layer") else m.weight
+                   for name, m in student.backend.model.named_modules() if name.endswith(("q_proj", "v_proj"))]
+        return hashlib.sha256(b"".join(w.detach().float().numpy().tobytes() for w in weights)).hexdigest()
+
+    def config_with(**changes):
+        def edit(folder):
+            config = json.loads((folder / "adapter_config.json").read_text())
+            config.update(changes)
+            (folder / "adapter_config.json").write_text(json.dumps(config))
+        return edit
+
+    before = base_digest()
+    [reference] = student.client.act([act_item(**STATES[0])])
+    for name, changes in [("pissa", {"init_lora_weights": "pissa"}), ("olora", {"init_lora_weights": "olora"})]:
+        variant(student.root, name, config_with(**changes))
+        student.client.load_adapter(version=f"v-{name}", uri=name, keep_current=True)  # a no-op delta (B = 0)
+        assert base_digest() == before, name
+        student.client.unload_adapter(f"v-{name}")
+    variant(student.root, "replicated", config_with(layer_replication=[[0, 4], [2, 6]]))
+    code, details = refusal(lambda: student.client.load_adapter(version="v-replicated", uri="replicated"))
+    assert code == grpc.StatusCode.FAILED_PRECONDITION and "layer_replication" in details, details
+    assert base_digest() == before
+    [again] = student.client.act([act_item(**STATES[0])])
+    assert again.adapter_version == "base" and again.completion_token_ids == reference.completion_token_ids
+
+
 def test_a_row_whose_scores_turn_non_finite_fails_alone(student):
     """Weights that go bad after loading (here: poisoned in place, past every load-time check): the
     poisoned row fails with a clear status; a concurrent base-model row in the same batch answers."""

@@ -44,6 +44,18 @@ def load_adapter(spec: CheckpointSpec, *, adapters_root: str, limits: Checkpoint
     except Exception as exc:  # noqa: BLE001 - any config error is the checkpoint's fault
         raise FailedPrecondition(f"{files.directory}/adapter_config.json is not a valid LoRA config: {exc}") from exc
     config.inference_mode = True
+    # An adapter is a delta over the base model as shipped, its weights read from the file. Options that
+    # make peft rewrite or restructure the base model when the adapter is added (PiSSA/OLoRA/LoftQ/CorDA
+    # initialisations subtract a decomposition from the base weights in place; layer replication copies
+    # decoder layers) would change every version served, "base" included, even for a refused load.
+    if getattr(config, "layer_replication", None):
+        raise FailedPrecondition(f"{files.directory}/adapter_config.json: layer_replication changes the base "
+                                 "model's structure; this service serves adapters over the base model as it is")
+    if getattr(config, "target_parameters", None):
+        raise FailedPrecondition(f"{files.directory}/adapter_config.json: target_parameters (LoRA on raw "
+                                 "parameters) is not served; target modules instead")
+    if hasattr(config, "init_lora_weights"):
+        config.init_lora_weights = False  # the file's weights replace any initialisation; none touches the base
     check_shapes(files.tensors, config, str(files.directory), shapes)
     try:
         state = load_safetensors(files.weights_bytes)
