@@ -32,19 +32,27 @@ from typing import Iterable, Sequence
 _LIST_SPLIT = re.compile(r",\s*(?:and\s+)?|\s+and\s+")
 _ARTICLE = re.compile(r"^(?:a|an|the|some)\s+", re.IGNORECASE)
 
+#: The longest place or object name the notes read ("countertop 1", "sidetable 2"; ALFWorld's longest are
+#: about 25 characters). Every name group is bounded by it, so a search costs at most that many characters
+#: per start position: linear in the text, whatever a client sends (an unbounded lazy group rescans to the
+#: end of the text at every start, and Python's re holds the interpreter lock for the whole search).
+MAX_NAME = 80
+_N = f"{{1,{MAX_NAME}}}?"
+
 _ROOM = re.compile(r"you are in the middle of a room\. looking quickly around you, you see (?P<list>[^.\n]*)",
                    re.IGNORECASE)
 # "On the countertop 1, you see a apple 1." / "The fridge 1 is open. In it, you see nothing."
-_ON = re.compile(r"on the (?P<place>[^,.\n]+?), you see (?P<list>[^.\n]*)", re.IGNORECASE)
-_IN = re.compile(r"the (?P<place>[^,.\n]+?) is open\. in it, you see (?P<list>[^.\n]*)", re.IGNORECASE)
+_ON = re.compile(rf"on the (?P<place>[^,.\n]{_N}), you see (?P<list>[^.\n]*)", re.IGNORECASE)
+_IN = re.compile(rf"the (?P<place>[^,.\n]{_N}) is open\. in it, you see (?P<list>[^.\n]*)", re.IGNORECASE)
 # "You arrive at fridge 1." (older ALFWorld: "You arrive at loc 5.", which names no place).
-_ARRIVE = re.compile(r"you arrive at (?!loc \d)(?:the )?(?P<place>[^.,\n]+?)\.", re.IGNORECASE)
-_PICK = re.compile(r"you pick up the (?P<obj>[^.\n]+?) from the (?P<place>[^.\n]+?)\.", re.IGNORECASE)
-_MOVE = re.compile(r"you (?:move|put) the (?P<obj>[^.\n]+?) (?:to|in|on|in/on) the (?P<place>[^.\n]+?)\.",
+_ARRIVE = re.compile(rf"you arrive at (?!loc \d)(?:the )?(?P<place>[^.,\n]{_N})\.", re.IGNORECASE)
+_PICK = re.compile(rf"you pick up the (?P<obj>[^.\n]{_N}) from the (?P<place>[^.\n]{_N})\.", re.IGNORECASE)
+_MOVE = re.compile(rf"you (?:move|put) the (?P<obj>[^.\n]{_N}) (?:to|in|on|in/on) the (?P<place>[^.\n]{_N})\.",
                    re.IGNORECASE)
-_PROCESS = re.compile(r"you (?P<verb>heat|cool|clean) the (?P<obj>[^.\n]+?) using the [^.\n]+?\.", re.IGNORECASE)
-_TURN = re.compile(r"you turn (?P<word>on|off) the (?P<obj>[^.\n]+?)\.", re.IGNORECASE)
-_CARRYING = re.compile(r"you are carrying: (?P<obj>[^.\n]+?)\.", re.IGNORECASE)
+_PROCESS = re.compile(rf"you (?P<verb>heat|cool|clean) the (?P<obj>[^.\n]{_N}) using the [^.\n]{_N}\.",
+                      re.IGNORECASE)
+_TURN = re.compile(rf"you turn (?P<word>on|off) the (?P<obj>[^.\n]{_N})\.", re.IGNORECASE)
+_CARRYING = re.compile(rf"you are carrying: (?P<obj>[^.\n]{_N})\.", re.IGNORECASE)
 _NOT_CARRYING = re.compile(r"you are not carrying anything", re.IGNORECASE)
 _GO = re.compile(r"^go to (?P<place>.+)$", re.IGNORECASE)
 _ARRIVAL = re.compile(r"you arrive at ", re.IGNORECASE)
@@ -78,6 +86,8 @@ class HouseholdMemory:
 
     #: Places in room order (first observation), then in the order they were first mentioned.
     places: list[str] = field(default_factory=list)
+    #: The same places as a set (membership in constant time: a client may name tens of thousands).
+    _known: set[str] = field(default_factory=set, repr=False)
     #: Contents as last listed to the agent, kept up to date by its own take / move actions.
     contents: dict[str, list[str]] = field(default_factory=dict)
     holding: str = ""
@@ -88,13 +98,17 @@ class HouseholdMemory:
     #: The place the agent last arrived at ("" before its first move, or when an arrival named none).
     at: str = ""
 
+    def __post_init__(self) -> None:
+        self._known = set(self.places)
+
     def set_goal(self, goal: str) -> None:
         self.goal_words = frozenset(_WORD.findall(goal.lower()))
 
     def _place(self, name: str) -> str:
         name = " ".join(name.split())
-        if name and name not in self.places:
+        if name and name not in self._known:
             self.places.append(name)
+            self._known.add(name)
         return name
 
     def observe(self, text: str) -> None:

@@ -372,9 +372,10 @@ def _parse(raw: str, candidates: list[str], free_form: tuple[str, ...]) -> Parse
     if action_value is None:
         # No ACTION label: accept only a line that is exactly one of the candidates.
         if candidates:
+            normalised = {_normalise(c) for c in candidates}
             for line in reversed(text.split("\n")):
                 value = _strip_value(line)
-                if value and _normalise(value) in {_normalise(c) for c in candidates}:
+                if value and _normalise(value) in normalised:
                     matched = match_candidate(value, candidates)
                     return ParsedOutput(reason=reason, action=matched or value, valid=matched is not None, raw=raw)
         guess = next((_strip_value(line) for line in text.split("\n") if _strip_value(line)), "")

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from leap.v1 import common_pb2, student_pb2, student_pb2_grpc
 from services.runtime.config import ServerConfig
 from services.runtime.deadline import Deadline
-from services.runtime.errors import Unavailable
+from services.runtime.errors import InvalidArgument, Unavailable
 from services.runtime.server import Registration, ServiceHost, serve_forever
 from services.student.prompts import HistoryTurn
-from services.student.service import CallCancellation, StudentService
+from services.student.service import CallCancellation, StudentService, item_size_problem
 from services.student.types import ActInput, AdapterStatus, CheckpointSpec
 
 log = logging.getLogger("leap.student.server")
@@ -77,6 +77,10 @@ class StudentServicer(student_pb2_grpc.StudentServiceServicer):
         cancellation = CallCancellation()
         if not context.add_callback(cancellation.cancel):  # runs when the call ends, cancelled or not
             cancellation.cancel()  # the call has already ended
+        for index, item in enumerate(request.items[:self.service.limits.max_items]):  # before converting them
+            problem = item_size_problem(item)
+            if problem is not None:
+                raise InvalidArgument(f"item {index}: {problem}")
         outputs = self.service.act([item_from_pb(i) for i in request.items], Deadline.from_context(context),
                                    cancellation)
         return student_pb2.ActResponse(results=[

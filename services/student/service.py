@@ -57,6 +57,31 @@ log = logging.getLogger("leap.student")
 _VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@+\-]{0,127}$")
 
 
+#: Past turns one item may carry (an environment's horizon is at most 10,000 steps).
+MAX_HISTORY_ENTRIES = 10_000
+#: Candidate actions one item may list.
+MAX_CANDIDATES = 4_096
+#: Characters of observations (history and current) an item of an environment with notes may carry: the
+#: notes read every one of them, and such an episode's observations are a few hundred characters a step.
+MAX_NOTES_TEXT = 256 * 1024
+
+
+def item_size_problem(item) -> str | None:
+    """Why an item (an ActInput or a leap.v1.ActItem) is too big to render, or None: checked before any
+    of its text is converted or parsed."""
+    if len(item.history) > MAX_HISTORY_ENTRIES:
+        return (f"the history has {len(item.history)} entries, more than {MAX_HISTORY_ENTRIES}; "
+                "send the episode's turns only")
+    if len(item.candidates) > MAX_CANDIDATES:
+        return f"there are {len(item.candidates)} candidate actions, more than {MAX_CANDIDATES}"
+    if spec_for(item.env).notes:
+        text = len(item.observation) + sum(len(turn.observation) for turn in item.history)
+        if text > MAX_NOTES_TEXT:
+            return (f"the observations hold {text} characters; the {item.env.strip()} notes read at most "
+                    f"{MAX_NOTES_TEXT} (an episode of this environment holds a few hundred a step)")
+    return None
+
+
 def _decimal(value: float) -> float:
     """A float32 from the wire as the decimal the caller wrote (0.800000011920929 -> 0.8)."""
     return float(f"{value:.7g}")
@@ -202,6 +227,9 @@ class StudentService:
                 raise InvalidArgument(f"{where}: env is empty; name the environment (household, alfworld, bash, ...)")
             if not item.observation.strip():
                 raise InvalidArgument(f"{where}: observation is empty; send the current observation text")
+            problem = item_size_problem(item)
+            if problem is not None:
+                raise InvalidArgument(f"{where}: {problem}")
             sampling = self._sampling(item, where)
             messages = render_messages(item.env, item.goal, item.history, item.observation, item.candidates,
                                        history_window=self.limits.history_window)

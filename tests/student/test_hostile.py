@@ -327,3 +327,31 @@ def test_an_expired_deadline_frees_queued_rows_too(student):
         assert call.exception(timeout=120).code() == grpc.StatusCode.DEADLINE_EXCEEDED
     wait_until(lambda: backend.rows_in_flight() == 0, 60, "the expired rows to leave the scheduler")
     assert backend.cancelled_rows - before == 12
+
+
+def test_oversized_items_are_refused_before_their_text_is_parsed_and_the_server_keeps_answering(student):
+    """Text the household notes read (every observation of the episode), history entries and candidates
+    are bounded before anything is parsed: a 4 MB observation once held the interpreter lock for hours in
+    the notes' regular expressions, freezing health checks and every other call."""
+    import time
+
+    base = dict(env="household", goal="put a clean apple in fridge.", candidates=["look"])
+    hostile = {
+        "observation": act_item(**base, observation="on the " * 50_000),
+        "history text": act_item(**base, observation="ok", history=[("on the " * 5_000, "look")] * 10),
+        "history entries": act_item(env="bash", goal="x", observation="ok", history=[("", "ls")] * 10_001),
+        "candidates": act_item(env="webshop", goal="x", observation="ok", candidates=["go to a"] * 4_097),
+    }
+    for name, item in hostile.items():
+        started = time.monotonic()
+        code, details = refusal(lambda: student.client.stub.Act(student_pb2.ActRequest(items=[item]), timeout=30))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (name, code, details)
+        assert time.monotonic() - started < 5.0, name
+    # Long, but within the bounds, and not quadratic any more: 140 kB with no period or comma.
+    started = time.monotonic()
+    from services.student.memory import household_memory
+
+    household_memory(["on the " * 20_000, "you pick up the " * 8_000], ["go to x"])
+    assert time.monotonic() - started < 5.0  # was about a minute (each start position rescanned the rest)
+    [result] = student.client.act([act_item(**STATES[0])])
+    assert result.completion_token_ids
