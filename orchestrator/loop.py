@@ -59,6 +59,7 @@ from orchestrator.state import RunState
 from orchestrator.work import StudentWork, training_work
 from services.runtime.experts import EXPERT_KINDS, REFERENCE_EXPERTS
 from services.trainer import methods as training_methods
+from services.trainer.jobs import INTERRUPTED_MESSAGES
 from services.runtime.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("leap.orchestrator")
@@ -110,6 +111,10 @@ class TrainingProgress(TrainingObserver):
 
     def status(self, text: str) -> None:
         self.bar.update(info=text[:120])
+
+
+#: Training attempts that were stopped (not failed) a run goes past before it gives up.
+MAX_INTERRUPTED_TRAININGS = 20
 
 
 class ConfigMismatch(RuntimeError):
@@ -498,10 +503,18 @@ class LeapRun:
                 "work": training_work(job)}
 
     def _run_training_job(self, base_id: str, spec: trainer_pb2.StartJobRequest, title: str) -> trainer_pb2.Job:
-        """Train on the platform; a failed attempt is retried under a new job id (retry.train_attempts)."""
+        """Train on the platform; a failed attempt is retried under a new job id (retry.train_attempts).
+
+        An attempt that was stopped rather than failed (cancelled when the run was stopped by hand, or
+        ended by the trainer's restart or shutdown, e.g. a kill -9 of the run that took its local trainer
+        down) does not count as a failure: a resumed run finds it under its id and starts the next one.
+        """
         attempts = self.config.retry.train_attempts
         last_error = ""
-        for attempt in range(1, attempts + 1):
+        failures = interrupted = 0
+        attempt = 0
+        while failures < attempts:
+            attempt += 1
             request = trainer_pb2.StartJobRequest()
             request.CopyFrom(spec)
             request.job_id = f"{base_id}-a{attempt}"
@@ -509,6 +522,7 @@ class LeapRun:
                 try:
                     job = self.platform.train_job(request, TrainingProgress(bar, title))
                 except TrainingFailed as exc:
+                    failures += 1
                     last_error = str(exc)
                     log.warning("training attempt failed", extra={"job_id": request.job_id, "error": last_error})
                     continue
@@ -517,6 +531,16 @@ class LeapRun:
                     raise
             if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
                 return job
+            if job.state == trainer_pb2.JOB_STATE_CANCELLED or job.error in INTERRUPTED_MESSAGES:
+                interrupted += 1
+                if interrupted > MAX_INTERRUPTED_TRAININGS:
+                    raise RuntimeError(f"training was stopped {interrupted} times before it could finish "
+                                       f"(last: {job.job_id}, {trainer_pb2.JobState.Name(job.state)}); "
+                                       "see why the trainer keeps stopping")
+                log.warning("training attempt was stopped, not failed; starting the next one",
+                            extra={"job_id": request.job_id, "state": trainer_pb2.JobState.Name(job.state)})
+                continue
+            failures += 1
             last_error = job.error or trainer_pb2.JobState.Name(job.state)
             log.warning("training attempt failed", extra={"job_id": request.job_id, "error": last_error})
         raise RuntimeError(f"training failed {attempts} times on {self.platform.description}; "

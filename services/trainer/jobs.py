@@ -22,6 +22,13 @@ from services.trainer import methods
 
 #: transformers' schedulers that need no argument besides the warmup (cosine_with_min_lr and
 #: warmup_stable_decay need more, which a job cannot pass: every job naming them would fail).
+#: The errors of a job that did not fail but was stopped with its trainer: by a restart (the job was
+#: running when the trainer's process died) or a shutdown. A client resubmits such a job; the
+#: orchestrator does not count it as a failed training attempt.
+RESTARTED_MESSAGE = "trainer restarted while the job was running; resubmit"
+SHUTDOWN_MESSAGE = "trainer was shut down while the job was running; resubmit"
+INTERRUPTED_MESSAGES = (RESTARTED_MESSAGE, SHUTDOWN_MESSAGE)
+
 LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts",
                  "polynomial", "inverse_sqrt")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

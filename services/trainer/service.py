@@ -36,6 +36,7 @@ from services.trainer import checkpoints
 from services.trainer.datasets import DEFAULT_LIMITS, DatasetLimits, read_dataset
 from services.trainer import methods
 from services.trainer.jobs import (
+    SHUTDOWN_MESSAGE,
     CheckpointRef,
     DatasetRef,
     JobRecord,
@@ -54,7 +55,6 @@ DEFAULT_OUTPUT_NAME = "student"
 MAX_DATASETS = 64
 #: A hub model id: "name" or "organisation/name".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-SHUTDOWN_MESSAGE = "trainer was shut down while the job was running; resubmit"
 
 
 class JobCancelled(Exception):

@@ -28,11 +28,10 @@ from typing import Callable
 
 from services.runtime.errors import AlreadyExists, NotFound, quote
 from services.runtime.files import atomic_write_json
-from services.trainer.jobs import JobRecord, JobState
+from services.trainer.jobs import RESTARTED_MESSAGE, JobRecord, JobState
 
 log = logging.getLogger("leap.trainer.store")
 
-RESTARTED_MESSAGE = "trainer restarted while the job was running; resubmit"
 PROGRESS_PERSIST_SECONDS = 5.0
 
 

@@ -421,6 +421,30 @@ def test_ctrl_c_during_training_cancels_the_job(tmp_path):
     assert job.state == trainer_pb2.JOB_STATE_CANCELLED
 
 
+@pytest.mark.parametrize("how", ["ctrl-c", "kill -9 of the run and its local trainer"])
+def test_stopped_trainings_do_not_use_up_the_attempts_of_a_resumed_run(tmp_path, how):
+    """A training stopped with the run (Ctrl-C cancels it; a kill -9 takes the local trainer down, whose
+    restart marks the job failed with RESTARTED_MESSAGE) is no failed attempt: a run stopped in
+    training more often than retry.train_attempts still resumes and finishes."""
+    from services.trainer.jobs import RESTARTED_MESSAGE
+
+    trainer = FakeTrainer()
+    run_dir = tmp_path / "run"
+    for _ in range(config().retry.train_attempts + 1):
+        trainer.interrupt_watch = True
+        with pytest.raises(KeyboardInterrupt):
+            make_run(run_dir, FakeStubs(trainer, FakeStudent())).run()
+        if how.startswith("kill"):
+            for job in trainer.jobs.values():
+                if job.state in (trainer_pb2.JOB_STATE_RUNNING, trainer_pb2.JOB_STATE_CANCELLED):
+                    job.state, job.error = trainer_pb2.JOB_STATE_FAILED, RESTARTED_MESSAGE
+    make_run(run_dir, FakeStubs(trainer, FakeStudent())).run()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert all(phase["status"] == "done" for phase in state["phases"])
+    train = next(p["outputs"] for p in state["phases"] if p["name"] == "iter0.train")
+    assert train["job_id"].endswith(f"-a{config().retry.train_attempts + 2}")
+
+
 def test_the_retry_section_of_the_run_config_is_typed():
     assert config().retry.train_attempts == 3
     with pytest.raises(ValueError, match="config key retry.train_attempts must be a whole number"):
