@@ -93,7 +93,8 @@ class ConflictingAdapter(Exception):
     """The replica holds the version name with another checkpoint: loading again cannot fix that."""
 
 
-def _same_checkpoint(held: common_pb2.CheckpointRef, wanted: common_pb2.CheckpointRef) -> bool:
+def same_checkpoint(held: common_pb2.CheckpointRef, wanted: common_pb2.CheckpointRef) -> bool:
+    """Whether a loaded adapter's checkpoint is `wanted` (same folder, and same digest where both say)."""
     if held.uri != wanted.uri:
         return False
     return not (held.sha256 and wanted.sha256) or held.sha256.lower() == wanted.sha256.lower()
@@ -105,7 +106,7 @@ def _confirmed(listed: student_pb2.ListAdaptersResponse, version: str, make_curr
     if version not in loaded:
         return False, f"{version} is not among the loaded adapters ({', '.join(sorted(loaded)) or 'none'})"
     held = loaded[version].checkpoint
-    if checkpoint is not None and not _same_checkpoint(held, checkpoint):
+    if checkpoint is not None and not same_checkpoint(held, checkpoint):
         raise ConflictingAdapter(
             f"{version} is loaded from {held.uri or '(unknown)'}, not from {checkpoint.uri}: a version name is "
             "bound to its first weights; restart the student replicas before a new run "

@@ -9,6 +9,7 @@ import grpc
 from leap.v1 import common_pb2, student_pb2, trainer_pb2
 from orchestrator.config import RetryConfig
 from orchestrator.platforms.base import Platform, StatusCallback, TrainingObserver
+from orchestrator.platforms.hot_swap import ConflictingAdapter, same_checkpoint
 from services.trainer.client import FINISHED_STATES, WatchPolicy, wait_for_job
 
 log = logging.getLogger("leap.orchestrator")
@@ -56,10 +57,12 @@ class LocalPlatform(Platform):
             return self.stubs.student.LoadAdapter(student_pb2.LoadAdapterRequest(checkpoint=checkpoint),
                                                   timeout=self.retry.load_adapter_timeout_s)
         except grpc.RpcError as exc:
-            # Loaded already under this version (by the run before a restart): that is the adapter.
+            # Loaded already under this version: by this run before a restart (the same checkpoint), or
+            # by another run sharing the student (another checkpoint under the same name), which this
+            # run must not evaluate as its own.
             if exc.code() != grpc.StatusCode.ALREADY_EXISTS:
                 raise
-        return next(a for a in self._adapters() if a.version == checkpoint.version)
+        return self._held(checkpoint)
 
     def confirm_adapter(self, checkpoint: common_pb2.CheckpointRef | None, on_status: StatusCallback) -> None:
         if checkpoint is None:
@@ -67,6 +70,21 @@ class LocalPlatform(Platform):
         if checkpoint.version not in {a.version for a in self._adapters()}:
             on_status(f"loading {checkpoint.version}")
             self.load_adapter(checkpoint, on_status)
+        else:
+            self._held(checkpoint)
+
+    def _held(self, checkpoint: common_pb2.CheckpointRef) -> student_pb2.AdapterInfo:
+        """The student's adapter of `checkpoint`'s version; ConflictingAdapter when it holds other weights."""
+        info = next((a for a in self._adapters() if a.version == checkpoint.version), None)
+        if info is None:
+            raise ConflictingAdapter(f"the student answered that {checkpoint.version} is loaded, but does not list it")
+        if not same_checkpoint(info.checkpoint, checkpoint):
+            raise ConflictingAdapter(
+                f"the student serves {checkpoint.version} from {info.checkpoint.uri or '(unknown)'}, not this run's "
+                f"checkpoint {checkpoint.uri}: another run shares this student, and a version name is bound to its "
+                f"first weights. Unload it (UnloadAdapter {checkpoint.version}), restart the student, or give each "
+                "run a student of its own")
+        return info
 
     def _adapters(self) -> list[student_pb2.AdapterInfo]:
         return list(self.stubs.student.ListAdapters(student_pb2.ListAdaptersRequest(),

@@ -607,3 +607,16 @@ def ds_read(path: str) -> list:
     from orchestrator import datasets as ds
 
     return ds.read_trajectories(Path(path))
+
+
+def test_a_run_never_evaluates_another_runs_adapter_under_the_same_version_name(tmp_path):
+    """Two runs on one student: the second run's `student-iter-0` is answered ALREADY_EXISTS (the name is
+    bound to the first run's weights); it must stop with a clear error rather than evaluate those."""
+    from orchestrator.platforms.hot_swap import ConflictingAdapter
+
+    student = FakeStudent()
+    make_run(tmp_path / "a", FakeStubs(FakeTrainer(), student)).run()
+    with pytest.raises(ConflictingAdapter, match=r"serves student-iter-0 from .*/a/.*not this run's checkpoint .*/b/"):
+        make_run(tmp_path / "b", FakeStubs(FakeTrainer(), student)).run()
+    # The same run, resumed on the student that holds its own adapter, goes on.
+    make_run(tmp_path / "a", FakeStubs(FakeTrainer(), student)).run()
