@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from services.models.loading import DEFAULT_MODEL, is_default_alias
-from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError, quote
+from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, ServiceError, quote
 from services.runtime.paths import check_text_field, confine
 from services.trainer import checkpoints
 from services.trainer.datasets import DEFAULT_LIMITS, DatasetLimits, read_dataset
@@ -53,6 +53,8 @@ log = logging.getLogger("leap.trainer")
 DEFAULT_OUTPUT_NAME = "student"
 #: Datasets one job may name.
 MAX_DATASETS = 64
+#: A job's datasets together hold at most this many times a file's size limit (a job loads them all).
+MAX_JOB_DATASET_FILES_OF_MAX_SIZE = 4
 #: A hub model id: "name" or "organisation/name".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
@@ -351,10 +353,16 @@ class TrainerService:
             raise InvalidArgument(f"the job names {len(request.datasets)} datasets; at most {MAX_DATASETS} "
                                   "(concatenate files)")
         datasets = []
+        named: dict[Path, int] = {}
+        total_bytes = 0
         for i, ref in enumerate(request.datasets):
             if not ref.uri.strip():
                 raise InvalidArgument(f"datasets[{i}].uri is empty")
             path = self._path(ref.uri, f"datasets[{i}].uri")
+            if path in named:
+                raise InvalidArgument(f"datasets[{i}] names {path} again (datasets[{named[path]}]); name each file "
+                                      "once (a row meant to count twice belongs twice in the file)")
+            named[path] = i
             if not path.is_file():
                 raise NotFound(f"dataset {path} does not exist (datasets[{i}].uri={quote(ref.uri)})")
             try:
@@ -364,6 +372,11 @@ class TrainerService:
             if ref.sha256 and ref.sha256.lower() != parsed.sha256:
                 raise FailedPrecondition(f"dataset {path} has sha256 {parsed.sha256}, not the {quote(ref.sha256, 64)} "
                                          "given in its reference: the file changed")
+            total_bytes += parsed.size_bytes
+            if total_bytes > MAX_JOB_DATASET_FILES_OF_MAX_SIZE * self.dataset_limits.max_bytes:
+                raise ResourceExhausted(
+                    f"the job's datasets hold more than {MAX_JOB_DATASET_FILES_OF_MAX_SIZE} x "
+                    f"{self.dataset_limits.max_bytes} bytes (--max-dataset-mb) together; train on fewer rows per job")
             datasets.append(DatasetRef(uri=str(path), sha256=parsed.sha256, format=parsed.format,
                                        size_bytes=parsed.size_bytes))
         return JobSpec(method=method, datasets=datasets, base_model=base_model, output_name=output_name,

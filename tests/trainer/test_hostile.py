@@ -200,6 +200,27 @@ def test_datasets_are_capped_in_bytes_and_rows(tmp_path):
         read_dataset(runs / "data" / "line.jsonl", "sft", limits=DatasetLimits(max_line_bytes=1000))
 
 
+def test_a_job_names_each_file_once_and_its_files_together_are_capped(tmp_path):
+    """The per-file caps held, but one file named 64 times (a job loads every file it names) made a job
+    64 times as big: each file counts once, and all of a job's files together at most four files' cap."""
+    from services.trainer.datasets import DatasetLimits
+
+    runs = tmp_path / "runs"
+    for name in "abcde":
+        write_jsonl(runs / "data" / f"{name}.jsonl", sft_rows(10))
+    size = (runs / "data" / "a.jsonl").stat().st_size
+    srv = TrainerServer(tmp_path / "state", runs, execute=HeldExecutor(), dataset_limits=DatasetLimits(max_bytes=size))
+    try:
+        with TrainerClient(srv.address, timeout=30) as client:
+            code, details = refusal(client, datasets=["data/a.jsonl", "data/b.jsonl", "data/../data/a.jsonl"])
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "datasets[2] names" in details and "datasets[0]" in details
+            code, details = refusal(client, datasets=[f"data/{n}.jsonl" for n in "abcde"])
+            assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and f"4 x {size} bytes" in details
+            assert client.start_job("sft", [f"data/{n}.jsonl" for n in "abcd"]).job_id
+    finally:
+        srv.stop()
+
+
 def test_checking_a_dataset_streams_it_instead_of_loading_it(tmp_path):
     row = json.dumps(sft_rows(1)[0])
     path = tmp_path / "big.jsonl"
