@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from services.runtime import manifest as manifest_files
-from services.runtime.errors import FailedPrecondition, NotFound
+from services.runtime.errors import FailedPrecondition, NotFound, ServiceError
 from services.runtime.files import atomic_directory, sha256_bytes, sha256_file
 from services.trainer.jobs import CheckpointRef
 
@@ -56,6 +56,26 @@ def existing_versions(directory: Path) -> list[int]:
 def next_version(directory: Path) -> int:
     versions = existing_versions(directory)
     return (versions[-1] + 1) if versions else 1
+
+
+def checkpoint_of_job(run_dir: str, name: str, job_id: str) -> CheckpointRef | None:
+    """The finished checkpoint a job wrote (its manifest names the job, its files match the manifest),
+    newest first; None when there is none. A trainer that died between renaming a checkpoint into place
+    and recording its job as succeeded finds the job's work here after its restart."""
+    directory = checkpoint_dir(run_dir, name)
+    for version in reversed(existing_versions(directory)):
+        path = directory / f"v{version}"
+        try:
+            found = read_manifest(path)
+            if found is None or found[0].get("job_id") != job_id:
+                continue
+            manifest, digest = found
+            verify_files(path, manifest)
+        except (OSError, ValueError, ServiceError):
+            continue
+        return CheckpointRef(name=name, version=f"v{version}", uri=str(path.resolve()), sha256=digest,
+                             base_model=str(manifest.get("base_model", "")))
+    return None
 
 
 def remove_partials(directory: Path) -> list[Path]:

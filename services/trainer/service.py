@@ -141,6 +141,20 @@ class JobRunner:
         for record in interrupted:
             removed = checkpoints.remove_partials(checkpoints.checkpoint_dir(record.spec.run_dir,
                                                                              record.spec.output_name))
+            written = None
+            if record.state == JobState.FAILED:  # not a cancelled one: the caller asked it to stop
+                written = checkpoints.checkpoint_of_job(record.spec.run_dir, record.spec.output_name, record.job_id)
+            if written is not None:
+                # The trainer died after the checkpoint was in place but before the job said so.
+                def adopt(job: JobRecord, ref=written) -> None:
+                    _finish(JobState.SUCCEEDED, f"succeeded: checkpoint {ref.name} {ref.version} at {ref.uri} "
+                                                "(found after a restart)")(job)
+                    job.checkpoint = ref
+
+                self.store.update(record.job_id, adopt)
+                log.warning("job was running when the trainer stopped; its finished checkpoint was found",
+                            extra={"job_id": record.job_id, "checkpoint": written.uri})
+                continue
             log.warning("job was running when the trainer stopped; marked %s", record.state.value,
                         extra={"job_id": record.job_id, "partials_removed": len(removed)})
         shutil.rmtree(self.store.work_root, ignore_errors=True)

@@ -257,6 +257,50 @@ def test_restart_fails_running_jobs_requeues_queued_ones_and_cleans_partials(tmp
         second.stop()
 
 
+def test_a_checkpoint_written_just_before_a_crash_is_adopted_after_the_restart(tmp_path, runs, executor):
+    """The process dies after the job's checkpoint was renamed into place but before its record said
+    SUCCEEDED: the restart finds the checkpoint by the job id in its manifest (files verified) and the
+    job succeeds with it, rather than failing and leaving a finished v1 for a retry to duplicate as v2.
+    Another job's checkpoint, or one whose files changed, is not adopted."""
+    from services.trainer import checkpoints
+
+    def save(folder):
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "adapter_model.safetensors").write_bytes(b"weights")
+
+    state = tmp_path / "state"
+    first = TrainerServer(state, runs, execute=executor)
+    for job_id in ("finished", "other", "tampered"):
+        first.service.start_job(JobRequest(method="sft", datasets=[DatasetRef("data/sft.jsonl")], job_id=job_id,
+                                           output_name=job_id))
+    wait_for(lambda: first.service.get_job("finished").state == JobState.RUNNING, what="job running")
+    run_dir = first.service.get_job("finished").spec.run_dir
+    first.host.stop(grace=0)
+    first.service.store.update = lambda *args, **kwargs: None  # a dead process writes nothing more
+    first.service.store.close()
+    # Simulate the other two as RUNNING too, each with a checkpoint that must not be adopted.
+    with JobStore(state) as store:
+        for job_id in ("other", "tampered"):
+            store.update(job_id, lambda r: setattr(r, "state", JobState.RUNNING))
+    written = checkpoints.write_checkpoint(run_dir, "finished", save=save, manifest={"job_id": "finished"})
+    checkpoints.write_checkpoint(run_dir, "other", save=save, manifest={"job_id": "someone-else"})
+    tampered = checkpoints.write_checkpoint(run_dir, "tampered", save=save, manifest={"job_id": "tampered"})
+    (Path(tampered.uri) / "adapter_model.safetensors").write_bytes(b"changed")
+
+    second = TrainerServer(state, runs, execute=executor)
+    try:
+        with TrainerClient(second.address) as client:
+            job = client.get("finished")
+            assert job.state == S.JOB_STATE_SUCCEEDED and job.checkpoint.uri == written.uri
+            assert job.checkpoint.sha256 == written.sha256 and job.checkpoint.version == "v1"
+            for job_id in ("other", "tampered"):
+                job = client.get(job_id)
+                assert job.state == S.JOB_STATE_FAILED and job.error == RESTARTED_MESSAGE, job_id
+    finally:
+        first.service.runner.shutdown(timeout=10)
+        second.stop()
+
+
 def test_shutdown_stops_the_running_job_with_a_message(tmp_path, runs, executor):
     srv = TrainerServer(tmp_path / "state", runs, execute=executor)
     srv.service.start_job(JobRequest(method="sft", datasets=[DatasetRef("data/sft.jsonl")], job_id="long"))
