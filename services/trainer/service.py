@@ -129,6 +129,8 @@ class JobRunner:
         self.execute = execute
         self.device = device
         self.dataset_limits = dataset_limits
+        #: The runs directory jobs write under (set by the TrainerService); None: not checked again.
+        self.runs_dir: Path | None = None
         self._cv = threading.Condition()
         self._queue: list[str] = []
         self._running: tuple[str, threading.Event] | None = None
@@ -219,6 +221,14 @@ class JobRunner:
                 with self._cv:
                     self._running = None
 
+    def _confine_output(self, spec) -> None:
+        """StartJob confined run_dir to the runs directory; a symlink put in its place (or in place of its
+        checkpoints folder) while the job waited would send the checkpoint elsewhere: check again now."""
+        if self.runs_dir is None:
+            return
+        confine(self.runs_dir, spec.run_dir, "run_dir")
+        confine(self.runs_dir, str(checkpoints.checkpoint_dir(spec.run_dir, spec.output_name)), "the checkpoint folder")
+
     def _run(self, job_id: str, cancel: threading.Event) -> None:
         def mark_running(record: JobRecord) -> None:
             record.state = JobState.RUNNING
@@ -230,6 +240,7 @@ class JobRunner:
         context = JobContext(self.store, record, cancel, self._shutdown, self.device, self.dataset_limits)
         try:
             context.check_cancelled()
+            self._confine_output(record.spec)
             outcome = self.execute(context)
         except JobCancelled:
             if cancel.is_set():
@@ -284,6 +295,7 @@ class TrainerService:
         self.store = store
         self.runner = runner
         self.runs_dir = Path(runs_dir).resolve()
+        runner.runs_dir = self.runs_dir
         self.dataset_limits = dataset_limits
 
     def start_job(self, request: JobRequest) -> JobRecord:

@@ -323,3 +323,39 @@ def test_health_and_control_calls_answer_while_32_watch_streams_are_held(server,
         for s in streams:
             s.cancel()
         channel.close()
+
+
+def test_a_run_dir_replaced_by_a_symlink_while_its_job_waits_gets_no_checkpoint(tmp_path):
+    """StartJob confines run_dir to the runs directory; a symlink put in its place while the job is queued
+    (by someone who can write there) must not send the checkpoint outside: the job fails, nothing is written."""
+    from services.trainer import checkpoints
+    from services.trainer.service import JobOutcome
+
+    release = threading.Event()
+
+    def execute(context):
+        if context.job_id == "first":
+            release.wait(30)
+
+        def save(folder):
+            (folder / "adapter_config.json").write_text("{}")
+        return JobOutcome(checkpoint=checkpoints.write_checkpoint(context.spec.run_dir, context.spec.output_name,
+                                                                  save=save, manifest={"job_id": context.job_id}))
+
+    runs = tmp_path / "runs"
+    write_jsonl(runs / "data" / "sft.jsonl", sft_rows(2))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    srv = TrainerServer(tmp_path / "state", runs, execute=execute)
+    try:
+        with TrainerClient(srv.address, timeout=30) as client:
+            client.start_job("sft", ["data/sft.jsonl"], job_id="first")
+            client.start_job("sft", ["data/sft.jsonl"], job_id="victim", run_dir="r1")
+            (runs / "r1").symlink_to(outside)  # after StartJob's check, while the job waits in the queue
+            release.set()
+            victim = client.wait("victim", timeout=30)
+            assert victim.state == trainer_pb2.JOB_STATE_FAILED and "run_dir" in victim.error, victim.error
+            assert list(outside.rglob("*")) == []
+            assert client.wait("first", timeout=30).state == trainer_pb2.JOB_STATE_SUCCEEDED
+    finally:
+        srv.stop()
