@@ -205,6 +205,9 @@ def test_hard_links_do_not_multiply_the_work_of_scoring(env, bystander):
     ("no newline", "head -c 100000 /dev/zero | tr '\\0' 'a'"),
     ("binary", "head -c 2000 /dev/urandom"),
     ("signal the supervisor", "kill -TERM 1; kill -INT 1; kill -STOP 1; kill -SEGV 1; kill -KILL 1; sleep 0.2"),
+    # Same uid, so the kernel would allow it: CPU time 0 makes the kernel kill pid 1, 3 files starve it.
+    ("limits of the supervisor", "prlimit --pid 1 --cpu=0:0; prlimit --pid 1 --nofile=3:3; sleep 1.2; "
+                                 "ulimit -n 64; ulimit -n"),
     ("many files", "python3 -c \"import os\nfor i in range(20000): os.mkdir('/tmp/d%d' % i)\"; ls /tmp | wc -l; "
                    "rm -rf /tmp/d*"),
 ])
@@ -226,6 +229,8 @@ def test_limits_contain(env, victim, name, command):
         assert "MemoryError" in obs.text
     if name == "many files":
         assert "No space left on device" in obs.text and int(obs.text.split()[-1]) < 16384  # the tmpfs's inodes
+    if name == "limits of the supervisor":
+        assert obs.text.count("Operation not permitted") == 2 and obs.text.endswith("64\n"), obs.text
     if name == "memory together":
         assert "memory" in obs.text and "stopped" in obs.text, obs.text
     # The sandbox is still there, clean, and nothing of the attack runs on.

@@ -151,7 +151,7 @@ SYSCALLS = {
                    io_uring_register=427, open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432,
                    fspick=433, mount_setattr=442, vhangup=153, uselib=134, nfsservctl=180, fanotify_init=300,
                    pidfd_getfd=438, shmget=29, shmat=30, semget=64, msgget=68, mq_open=240, memfd_create=319,
-                   memfd_secret=447, clone=56, clone3=435, socket=41),
+                   memfd_secret=447, clone=56, clone3=435, socket=41, prlimit64=302),
     "aarch64": dict(ptrace=117, syslog=116, personality=92, mount=40, umount2=39, pivot_root=41, swapon=224,
                     swapoff=225, reboot=142, init_module=105, finit_module=273, delete_module=106, quotactl=60,
                     acct=89, settimeofday=170, clock_settime=112, clock_adjtime=266, adjtimex=171,
@@ -162,7 +162,7 @@ SYSCALLS = {
                     fsopen=430, fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, vhangup=58,
                     nfsservctl=42, fanotify_init=262, pidfd_getfd=438, shmget=194, shmat=196, semget=190,
                     msgget=186, mq_open=180, memfd_create=279, memfd_secret=447, clone=220, clone3=435,
-                    socket=198),
+                    socket=198, prlimit64=261),
 }
 DENIED_SOCKET_FAMILIES = (15, 38, 40)  # AF_KEY, AF_ALG, AF_VSOCK
 
@@ -200,8 +200,16 @@ def seccomp_program(machine: str) -> list[tuple[int, int, int, int]]:
     prog.append((_BPF_LD_W_ABS, 0, 0, 16))
     prog.append((_BPF_JSET_K, 0, 1, NAMESPACE_FLAGS))
     prog.append((_BPF_RET_K, 0, 0, ret_eperm))
-    # socket(family, ...): refuse the families listed above (nr is loaded again: the clone check
-    # above may have loaded an argument).
+    # prlimit64(pid, ...): only on the caller itself (pid 0). Another process of the sandbox shares its
+    # uid, so the kernel would let a command lower pid 1's limits (its CPU time: the kernel kills it) or
+    # raise a sibling's. The shell's own `ulimit` passes pid 0.
+    prog.append((_BPF_LD_W_ABS, 0, 0, 0))
+    prog.append((_BPF_JEQ_K, 0, 3, numbers["prlimit64"]))
+    prog.append((_BPF_LD_W_ABS, 0, 0, 16))                      # the pid (a 32-bit pid_t)
+    prog.append((_BPF_JEQ_K, 1, 0, 0))
+    prog.append((_BPF_RET_K, 0, 0, ret_eperm))
+    # socket(family, ...): refuse the families listed above (nr is loaded again: the checks above
+    # may have loaded an argument).
     prog.append((_BPF_LD_W_ABS, 0, 0, 0))
     prog.append((_BPF_JEQ_K, 0, 2 * len(DENIED_SOCKET_FAMILIES) + 1, numbers["socket"]))
     prog.append((_BPF_LD_W_ABS, 0, 0, 16))
