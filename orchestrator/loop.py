@@ -433,7 +433,7 @@ class LeapRun:
         path = ds.write_corrections(self.run_dir / "trajectories" / f"iter{i}-corrections.jsonl", pairs)
         # A trajectory the teacher could not be asked about (its call failed after the retry) has no
         # correction: it is named here rather than left out unseen.
-        unasked = [{"task_id": failed[o.index].task_id, "error": o.error} for o in outcomes if o.value is None]
+        unasked = [{"task_id": failed[o.index].task.task_id, "error": o.error} for o in outcomes if o.value is None]
         return {"corrections_file": str(path), "failed": len(failed),
                 "corrected_ok": sum(1 for _t, c in pairs if c.ok),
                 "teacher_failures": [c.error for _t, c in pairs if not c.ok][:20],

@@ -620,3 +620,21 @@ def test_a_run_never_evaluates_another_runs_adapter_under_the_same_version_name(
         make_run(tmp_path / "b", FakeStubs(FakeTrainer(), student)).run()
     # The same run, resumed on the student that holds its own adapter, goes on.
     make_run(tmp_path / "a", FakeStubs(FakeTrainer(), student)).run()
+
+
+def test_a_trajectory_the_teacher_could_not_be_asked_about_is_named_not_lost(tmp_path):
+    class OneCallFails(FakeTeacher):
+        def Correct(self, request, timeout=None):
+            if request.trajectory.task.task_id == "train-11":
+                raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "the trajectory has more steps than --max-steps")
+            return super().Correct(request, timeout)
+
+    stubs = FakeStubs(FakeTrainer(), FakeStudent())
+    stubs.teacher = OneCallFails()
+    run_dir = tmp_path / "run"
+    make_run(run_dir, stubs).run()
+    state = json.loads((run_dir / "state.json").read_text())
+    correct = next(p["outputs"] for p in state["phases"] if p["name"] == "iter1.correct")
+    assert correct["teacher_errors"] == 1
+    assert correct["teacher_error_examples"] == [
+        {"task_id": "train-11", "error": "INVALID_ARGUMENT: the trajectory has more steps than --max-steps"}]
