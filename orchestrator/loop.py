@@ -404,10 +404,13 @@ class LeapRun:
             outcomes = run_parallel(
                 lambda k: demonstrate(self.stubs, tasks[k], expert, e.demo_horizon, True),
                 len(tasks), self.config.concurrency, lambda _o: bar.advance(1))
-        # BC imitates successful demonstrations only.
+        # BC imitates successful demonstrations only; the tasks whose call failed are named.
         demos = [o.value for o in outcomes if o.value is not None and o.value.won]
         path = ds.write_trajectories(self.run_dir / "trajectories" / "iter0-demos.jsonl", demos)
-        return {"trajectories_file": str(path), "demonstrations": len(demos), "tasks": len(tasks)}
+        errors = [{"task_id": tasks[o.index].task_id, "error": o.error} for o in outcomes if o.value is None]
+        return {"trajectories_file": str(path), "demonstrations": len(demos), "tasks": len(tasks),
+                "lost": sum(1 for o in outcomes if o.value is not None and not o.value.won),
+                "errors": len(errors), "error_examples": errors[:20]}
 
     # ---------------------------------------------------------------- iterations >= 1
     def _rollout(self, i: int) -> dict:

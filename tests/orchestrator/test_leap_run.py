@@ -638,3 +638,20 @@ def test_a_trajectory_the_teacher_could_not_be_asked_about_is_named_not_lost(tmp
     assert correct["teacher_errors"] == 1
     assert correct["teacher_error_examples"] == [
         {"task_id": "train-11", "error": "INVALID_ARGUMENT: the trajectory has more steps than --max-steps"}]
+
+
+def test_demonstrations_that_could_not_be_made_are_counted_and_named(tmp_path):
+    class OneDemoFails(FakeTeacher):
+        def Demonstrate(self, request, timeout=None):
+            if request.task.task_id == "train-1":
+                raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "no sandbox could be started; retry later")
+            return super().Demonstrate(request, timeout)
+
+    stubs = FakeStubs(FakeTrainer(), FakeStudent())
+    stubs.teacher = OneDemoFails()
+    run_dir = tmp_path / "run"
+    make_run(run_dir, stubs).run()
+    state = json.loads((run_dir / "state.json").read_text())
+    demos = next(p["outputs"] for p in state["phases"] if p["name"] == "iter0.demos")
+    assert demos["errors"] == 1 and demos["demonstrations"] == demos["tasks"] - 1 and demos["lost"] == 0
+    assert demos["error_examples"][0]["task_id"] == "train-1"
