@@ -128,6 +128,28 @@ def test_privileged_state_and_no_leak(env, oracle):
     assert found_secret  # tw-simple hides its key in a closed chest: the check above is not vacuous
 
 
+def test_the_games_own_commands_never_reach_it(env, oracle):
+    """TextWorld builds its games with debugging commands (`print_state` prints the whole hidden world;
+    "enable print state option" prints it after every move; `tw-print`, `tw-extra-infos`) and the
+    interpreter obeys restart, undo, save and quit: none reaches the game, in any case or chain."""
+    ref = task_ref("textworld", "train-00001")
+    state = oracle.privileged_state(ref)
+    secrets = list(state.secrets)
+    assert secrets  # the hidden key and its trunk: the check below is not vacuous
+    reset = env.reset("textworld", task_id="train-00001")
+    for command in ("print_state", "PRINT_STATE", "look. print_state", "look then print_state",
+                    "enable print state option", "tw-print state", "tw-extra-infos facts", "restart", "undo",
+                    "save", "quit", "q"):
+        obs = env.step(reset.session_id, command)
+        assert obs.text == "Nothing happens." and not obs.last_action_valid and not obs.done, (command, obs.text)
+        assert list(obs.candidates) == list(reset.observation.candidates), command
+        assert not any(mentions(obs.text, s) for s in secrets)
+    # The game went on where it was: the planner's first move is still admissible and valid.
+    first = state.optimal_actions[0]
+    assert env.step(reset.session_id, first).last_action_valid
+    env.close_session(reset.session_id)
+
+
 def test_hostile_requests(env, oracle):
     for bad in ("train-99999", "train--1", "train-\uff11", "../train-00000", "x" * 300, "valid_unseen-1e3"):
         code, _ = code_of(env.reset, "textworld", task_id=bad)

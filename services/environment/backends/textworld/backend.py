@@ -32,7 +32,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -134,6 +134,25 @@ def sanitize(command: str) -> str:
     return "".join(ch if " " <= ch <= "~" else " " for ch in command).strip()[:MAX_COMMAND_CHARS]
 
 
+#: Commands of the interpreter and of TextWorld's debugging that are no move in the game: they print the
+#: hidden world state (`print_state`, `tw-print ...`, "enable print state option" prints it after every
+#: move) or restart, undo, save or restore the game behind the episode's back. Never sent to the game.
+_META_WORDS = frozenset({"print_state", "restart", "quit", "q", "save", "restore", "script", "unscript",
+                         "undo", "transcript", "noscript", "verify", "version"})
+_META = re.compile(r"(?:^|[\s.,;])(?:tw-|print_state\b|(?:enable|disable)\b.*\boption\b)", re.IGNORECASE)
+META_COMMAND_TEXT = "Nothing happens."
+
+
+def is_meta_command(command: str) -> bool:
+    """Whether a command is one of the interpreter's or TextWorld's own (see _META_WORDS), in any case,
+    anywhere in a chain of commands ("look. print_state", "look then undo")."""
+    text = sanitize(command).lower()
+    if _META.search(text):
+        return True
+    clauses = (clause.split() for clause in re.split(r"[.,;]|\bthen\b", text))
+    return any(words and words[0] in _META_WORDS for words in clauses)
+
+
 def mentions(text: str, phrase: str) -> bool:
     return re.search(r"(?<![\w])" + re.escape(phrase) + r"(?![\w])", text, re.IGNORECASE) is not None
 
@@ -188,6 +207,9 @@ class Engine:
 
     def step(self, command: str) -> Frame:
         assert self.frame is not None, "reset first"
+        if is_meta_command(command):  # the game never sees it: nothing changes, nothing is printed
+            self.frame = replace(self.frame, text=META_COMMAND_TEXT, valid=False)
+            return self.frame
         valid = command.strip() in self.frame.admissible
         with TW_LOCK:
             state, _, _ = self._env.step(sanitize(command))
