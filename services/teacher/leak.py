@@ -199,7 +199,8 @@ def find_leaks(text: str, state: PrivilegedFacts | SecretIndex, observations: Se
     hidden = index.unobserved(observations, said)
     if not hidden or not text or not text.strip():
         return []
-    whole = _without_quotes(normalize_text(text), said)
+    quotable, places = _quotable(said, hidden, index)
+    whole = _without_quotes(normalize_text(text), quotable, places)
     sentences = _sentences(whole)
     leaks: list[Leak] = []
     for secret in hidden:
@@ -209,10 +210,36 @@ def find_leaks(text: str, state: PrivilegedFacts | SecretIndex, observations: Se
     return leaks
 
 
-def _without_quotes(text: str, said: Sequence[str]) -> str:
-    """The text with the student's own actions blanked out: repeating them tells it nothing new."""
-    for action in sorted({normalize_text(a) for a in said if a and a.strip()}, key=len, reverse=True):
-        text = re.sub(r"(?<![\w])" + re.escape(action) + r"(?![\w])", " (its action) ", text)
+def _quotable(said: Sequence[str], hidden: Sequence[str], index: SecretIndex) -> tuple[list[str], list[str]]:
+    """(The student's actions a text may quote without leaking, the hidden places a quote keeps visible).
+
+    An action that is part of a hidden secret, or of an entity linked to a hidden place ("1", "apple",
+    "fridge 1": a fragment it typed), is never one: blanking it would erase the words of a leak."""
+    protected = set(hidden)
+    places = [secret for secret in hidden if index.is_place(secret)]
+    for secret in places:
+        protected.update(index.linked.get(secret, []))
+    quotable = []
+    for action in said:
+        norm = normalize_text(action) if action else ""
+        if norm.strip() and not any(_contains(p, norm) for p in protected):
+            quotable.append(norm)
+    return quotable, places
+
+
+_QUOTE_OPEN, _QUOTE_CLOSE = "[\"'\u201c]", "[\"'\u201d]"
+
+
+def _without_quotes(text: str, said: Sequence[str], places: Sequence[str] = ()) -> str:
+    """The text with the student's own actions, where quoted ('"take apple 1 from fridge 1" had no
+    effect'), replaced by a marker: repeating them tells it nothing new. A hidden place the quote names
+    stays in the marker, so "'go to fridge 1': the apple is inside" still names the place with the apple;
+    an action written as the teacher's own words is not blanked at all."""
+    for action in sorted(set(said), key=len, reverse=True):
+        def marker(match, action=action) -> str:
+            named = [place for place in places if _contains(action, place)]
+            return " (its action" + (": " + ", ".join(named) if named else "") + ") "
+        text = re.sub(_QUOTE_OPEN + r"\s*" + re.escape(action) + r"\s*" + _QUOTE_CLOSE, marker, text)
     return text
 
 

@@ -119,6 +119,21 @@ def test_quoting_the_students_own_action_is_no_leak():
     assert leaked_secrets("Right: the apple 1 is in cabinet 3.", STATE, SEEN_NOTHING, said) == ["cabinet 3"]
 
 
+def test_the_students_own_words_never_erase_a_leak():
+    """Blanking the student's actions out of a reason once let a reason say where a thing is hidden: a
+    fragment it typed ("1", "cabinet 3") erased the words of the leak, and an action written as the
+    teacher's own words ("Go to cabinet 3: ...") erased the place. Only quoted actions are blanked, a
+    fragment of a secret never is, and a hidden place a quote names stays visible."""
+    leak = "Go to cabinet 3: the apple is inside."
+    for said in ([], ["1"], ["3"], ["cabinet 3"], ["apple"], ["go to cabinet 3"]):
+        assert leaked_secrets(leak, STATE, SEEN_NOTHING, said) == ["cabinet 3"], said
+        assert "cabinet 3" in leaked_secrets("apple 1 is in cabinet 3.", STATE, SEEN_NOTHING, said), said
+    quoted = '"go to cabinet 3": the apple is inside.'
+    assert leaked_secrets(quoted, STATE, SEEN_NOTHING, ["go to cabinet 3"]) == ["cabinet 3"]
+    # Quoting its action for what it did is still no leak, whatever the action names.
+    assert leaked_secrets('"go to cabinet 3" found nothing new.', STATE, SEEN_NOTHING, ["go to cabinet 3"]) == []
+
+
 # TextWorld's form: names without instance numbers, and a fact about the place itself ("fridge is
 # closed"). The environment declares the place among its critical locations.
 TEXTWORLD = env_pb.PrivilegedState(
