@@ -116,6 +116,16 @@ class Validated:
         return "; ".join(shown) + (f"; and {more} more problem(s)" if more > 0 else "")
 
 
+def _is_unicode(value: str) -> bool:
+    """False for a string JSON let through that is no Unicode text (a lone surrogate such as "\\ud800"),
+    which no protobuf message can carry: a model's answer holding one is retried, not a server error."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _indexed_steps(obj: dict, n: int, errors: list[str], want_action: bool) -> dict[int, dict]:
     steps = obj.get("steps")
     if not isinstance(steps, list):
@@ -148,8 +158,12 @@ def _indexed_steps(obj: dict, n: int, errors: list[str], want_action: bool) -> d
         reason = item.get("reason")
         if not isinstance(reason, str) or not reason.strip():
             errors.append(f't={t}: "reason" must be a non-empty string')
+        elif not _is_unicode(reason):
+            errors.append(f't={t}: "reason" holds a lone surrogate escape, which is not Unicode text')
         if want_action and not isinstance(item.get("action"), str):
             errors.append(f't={t}: "action" must be a string')
+        elif want_action and not _is_unicode(item["action"]):
+            errors.append(f't={t}: "action" holds a lone surrogate escape, which is not Unicode text')
     return by_t
 
 
@@ -161,6 +175,9 @@ def validate_correction(obj: dict, trajectory, index: SecretIndex, *, leak_free:
     summary = obj.get("summary", "")
     if not isinstance(summary, str):
         errors.append('"summary" must be a string')
+        summary = ""
+    elif not _is_unicode(summary):
+        errors.append('"summary" holds a lone surrogate escape, which is not Unicode text')
         summary = ""
     by_t = _indexed_steps(obj, len(steps), errors, want_action=True)
     if errors:
@@ -176,9 +193,15 @@ def validate_correction(obj: dict, trajectory, index: SecretIndex, *, leak_free:
             action = match_candidate(action, list(step.candidates)) or action
         reason = item["reason"].strip()
         if leak_free:
-            for leak in find_leaks(reason, index, observations_up_to(trajectory, t), actions_up_to(trajectory, t)):
+            seen, said = observations_up_to(trajectory, t), actions_up_to(trajectory, t)
+            for leak in find_leaks(reason, index, seen, said):
                 errors.append(f"t={t}: the reason reveals {leak.secret!r}, which the student has not observed; "
                               "explain with general knowledge instead")
+            if not step.candidates:  # a free-form action (a shell command) can write a hidden value itself
+                for leak in find_leaks(action, index, seen, said):
+                    if not index.is_place(leak.secret):
+                        errors.append(f"t={t}: the action writes {leak.secret!r}, a hidden value the student has "
+                                      "not observed; correct with a command that finds it")
         result.steps.append(CorrectedStep(
             index=t, reason=reason, action=action, is_corrected=not same_action(action, step.action),
             original_action=step.action, original_reason=step.reason, source="llm",

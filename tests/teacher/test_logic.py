@@ -116,6 +116,29 @@ def test_validation_catches_length_legality_and_leaks():
     assert validate_correction(leaky, traj, index, leak_free=False).ok
 
 
+def test_a_free_form_action_may_not_write_a_hidden_value_and_text_must_be_unicode():
+    """A shell step has no candidates: the corrected action is the model's own text, so `echo 1729`
+    would hand the student the gold output the reason may not name. And JSON lets a lone surrogate
+    through ("\\ud800"), which no protobuf message can carry: both are answers to retry."""
+    from leap.v1 import environment_pb2 as env_pb
+
+    bash = env_pb.PrivilegedState(secrets=["1729"], facts=["the gold output is 1729"])
+    index = SecretIndex.build(bash)
+    traj = small_trajectory(actions=("ls", "cat notes.txt"))
+    for step in traj.steps:
+        del step.candidates[:]
+    cheat = validate_correction(json.loads(answer(["ls", "echo 1729"], ["List the files.", "Print the answer."])),
+                                traj, index, leak_free=True)
+    assert "t=1: the action writes '1729'" in cheat.message() and not cheat.steps
+    fair = validate_correction(json.loads(answer(["ls", "wc -l notes.txt"], ["List the files.", "Count the lines."])),
+                               traj, index, leak_free=True)
+    assert fair.ok, fair.message()
+    lone = json.loads(answer(["ls", "ls"], ["List the files.", "Count."]).replace("Count.", "Count \\ud800."))
+    assert '"reason" holds a lone surrogate' in validate_correction(lone, traj, index, leak_free=True).message()
+    lone = json.loads(answer(["ls", "ls"], summary="Bad summary.").replace("Bad", "Bad \\udfff"))
+    assert '"summary" holds a lone surrogate' in validate_correction(lone, traj, index, leak_free=False).message()
+
+
 def test_validation_returns_candidates_verbatim():
     traj = small_trajectory()
     index = SecretIndex.build(PRIVILEGED)
