@@ -369,8 +369,7 @@ class EnvironmentSessions:
         with session.lock:
             if session.closed:
                 raise NotFound(f"session {quote(session_id)} was closed; Reset a new one")
-            session.last_used = self._clock()
-            if session.episode.done:
+            if session.episode.done:  # refused: keeps no finished session from expiring
                 truncated = session.last is not None and session.last.truncated
                 how = "was won" if session.episode.won else "reached its horizon" if truncated else "is over"
                 raise FailedPrecondition(f"session {quote(session_id)} is done (the episode {how} after "

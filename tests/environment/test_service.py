@@ -63,6 +63,20 @@ def test_idle_sessions_expire_after_the_ttl(household):
     assert sessions.open_sessions == 1
 
 
+def test_steps_refused_on_a_finished_episode_do_not_keep_its_session_alive(household):
+    """A finished session is only waiting for its Close: a client stepping it again and again (each
+    refused) must not keep it, and its memory, from expiring."""
+    clock = FakeClock()
+    sessions = make(household, max_sessions=4, idle_ttl_s=60, clock=clock)
+    done = sessions.reset("household", split="train", seed=1, horizon=1)
+    sessions.step(done.session_id, "look")
+    for _ in range(3):
+        clock.now += 30
+        with pytest.raises(FailedPrecondition, match="is done"):
+            sessions.step(done.session_id, "look")
+    assert sessions.reap() == 1
+
+
 def test_the_reaper_thread_evicts_in_the_background(household):
     sessions = make(household, idle_ttl_s=0.2, reap_interval_s=0.05)
     sessions.start_reaper()

@@ -70,7 +70,6 @@ class HouseholdEpisode(base.EpisodeState):
         self._verbose = verbose
         self.state: State = scene.initial_state()
         self.knowledge = Knowledge()
-        self.actions: list[str] = []
 
     def reset(self) -> base.Observation:
         return base.Observation(text=initial_text(self.scene),
@@ -81,7 +80,6 @@ class HouseholdEpisode(base.EpisodeState):
         outcome = transition(self.scene, self.state, action)
         self.state = outcome.state
         self.knowledge = self.knowledge.after(self.scene, outcome)
-        self.actions.append(action)
         won = is_won(self.scene, self.state)
         truncated = self._settle(won=won, score=1.0 if won else 0.0)
         return self._observation(outcome.text, () if self._done else candidates(self.scene, self.state, self._verbose),

@@ -104,7 +104,6 @@ class WebShopEpisode(base.EpisodeState):
         self.task = summary
         self.horizon = horizon
         self.state = State()
-        self.actions: list[str] = []
 
     def _shop_observation(self, text: str, **kw: Any) -> base.Observation:
         state = self.state
@@ -120,7 +119,6 @@ class WebShopEpisode(base.EpisodeState):
         self._begin_step()
         outcome = self.shop.step(self.state, action, self.task.goal)
         self.state = outcome.state
-        self.actions.append(action)
         reward, won, text = 0.0, False, outcome.text
         if outcome.bought:
             result = self.shop_task.reward(self.shop.catalogue[self.state.product], self.state.chosen)
