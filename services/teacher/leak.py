@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 # An entity in the household/ALFWorld style: lowercase words followed by an instance number.
 _ENTITY = re.compile(r"\b([a-z][a-z\-]*(?: [a-z][a-z\-]*){0,2}) (\d+)\b")
@@ -156,13 +156,13 @@ class SecretIndex:
         return cls(secrets=list(dict.fromkeys(secrets)), facts=facts, linked=linked, subjects=subjects,
                    places=places)
 
-    def observed(self, secret: str, observations: Iterable[str]) -> bool:
+    def observed(self, secret: str, observations: Iterable[str], *, normalized: bool = False) -> bool:
         """True when one observation names a place secret with a linked entity, or another secret at all."""
         partners = self.linked.get(secret, []) if self.is_place(secret) else []
         # A statement ("apple 2 is in fridge 1") is observed when one observation names all its entities.
         parts = entities_in(secret) or [s for s in self.secrets if s != secret and _contains(secret, s)]
         for text in observations:
-            norm = normalize_text(text)
+            norm = text if normalized else normalize_text(text)
             if len(parts) >= 2 and all(_contains(norm, p) for p in parts):
                 return True
             if not _contains(norm, secret):
@@ -187,7 +187,7 @@ def _sentences(text: str) -> list[str]:
 
 
 def find_leaks(text: str, state: PrivilegedFacts | SecretIndex, observations: Sequence[str] = (),
-               said: Sequence[str] = ()) -> list[Leak]:
+               said: Sequence[str] = (), *, hidden: Sequence[str] | None = None) -> list[Leak]:
     """The secrets of `state` that `text` reveals and that no observation in `observations` showed.
 
     `observations` is what the student saw up to the step the text is about (observation texts,
@@ -196,7 +196,8 @@ def find_leaks(text: str, state: PrivilegedFacts | SecretIndex, observations: Se
     secret (the first sentence that reveals it).
     """
     index = state if isinstance(state, SecretIndex) else SecretIndex.build(state)
-    hidden = index.unobserved(observations, said)
+    if hidden is None:  # `hidden` given: the secrets still news at this point (TrajectorySecrets.hidden_at)
+        hidden = index.unobserved(observations, said)
     if not hidden or not text or not text.strip():
         return []
     quotable, places = _quotable(said, hidden, index)
@@ -271,6 +272,44 @@ def leaked_secrets(text: str, state: PrivilegedFacts, observations: Sequence[str
                    said: Sequence[str] = ()) -> list[str]:
     """Just the leaked secret strings (see find_leaks)."""
     return [leak.secret for leak in find_leaks(text, state, observations, said)]
+
+
+class TrajectorySecrets:
+    """When each secret of `index` stops being news to the student of one trajectory, found in one pass:
+    the step whose observation first shows it or whose action first names it (len(steps) when only the
+    episode's last observation shows it). Checking every step's reason against every earlier observation
+    again was quadratic in the episode: megabytes of observation text held a teacher thread for minutes.
+    `check(what)` (a Deadline's) runs between steps."""
+
+    def __init__(self, index: SecretIndex, trajectory, check: Callable[[str], None] | None = None):
+        steps = list(trajectory.steps)
+        self.index = index
+        self.steps = len(steps)
+        self.actions = [normalize_text(step.action) for step in steps]
+        observations = [normalize_text(step.observation) for step in steps]
+        if steps and steps[-1].next_observation:
+            observations.append(normalize_text(steps[-1].next_observation))
+        self._known_at: dict[str, int] = {}
+        pending = list(index.secrets)
+        for t, observation in enumerate(observations):
+            if check is not None:
+                check("checking the corrections for leaks")
+            said = self.actions[t] if t < len(self.actions) else ""
+            still = []
+            for secret in pending:
+                if index.observed(secret, [observation], normalized=True) or (said and index.said(secret, [said])):
+                    self._known_at[secret] = t
+                else:
+                    still.append(secret)
+            pending = still
+
+    def hidden_at(self, t: int) -> list[str]:
+        """The secrets still news to the student when it acted at step t (t = len(steps): at the end)."""
+        return [s for s in self.index.secrets if self._known_at.get(s, self.steps + 1) > t]
+
+    def leaks(self, text: str, t: int) -> list[Leak]:
+        """find_leaks for a text about step t (a reason), or about the whole episode (t = len(steps))."""
+        return find_leaks(text, self.index, said=self.actions[:t + 1], hidden=self.hidden_at(t))
 
 
 def observations_up_to(trajectory, t: int) -> list[str]:

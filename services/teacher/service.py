@@ -23,7 +23,7 @@ from services.runtime.errors import InvalidArgument, ServiceError
 from services.runtime.messages import check_id
 from services.teacher.actions import legality_error
 from services.teacher.backends.base import AnnotationJob, CorrectionJob, TeacherBackend
-from services.teacher.leak import SecretIndex, actions_up_to, find_leaks, observations_all, observations_up_to
+from services.teacher.leak import SecretIndex, TrajectorySecrets
 from services.teacher.levels import LEVELS, check_level, must_be_leak_free
 from services.runtime.experts import EXPERT_KINDS
 from services.teacher.privileged import PrivilegedSource
@@ -114,7 +114,7 @@ class TeacherService:
                             temperature=temperature, deadline=deadline)
         result = self.backend.correct(job, self.source)
         if result.ok:
-            problem = self._final_check(result, trajectory, privileged, level)
+            problem = self._final_check(result, trajectory, privileged, level, deadline)
             if problem:
                 log.error("correction refused", extra={"backend": self.backend.name, "task": trajectory.task.task_id,
                                                        "level": level, "problem": problem})
@@ -133,7 +133,7 @@ class TeacherService:
                             deadline=deadline)
         result = self.backend.annotate(job, self.source)
         if result.ok:
-            problem = self._check_annotation(result, demonstration, privileged)
+            problem = self._check_annotation(result, demonstration, privileged, deadline)
             if problem:
                 log.error("annotation refused", extra={"backend": self.backend.name,
                                                        "task": demonstration.task.task_id, "problem": problem})
@@ -179,36 +179,37 @@ class TeacherService:
 
     # --- the last line of defence --------------------------------------------------------------
     @staticmethod
-    def _final_check(result: CorrectionResult, trajectory, privileged, level: int) -> str:
+    def _final_check(result: CorrectionResult, trajectory, privileged, level: int,
+                     deadline: Deadline = NO_DEADLINE) -> str:
         steps = list(trajectory.steps)
         if len(result.steps) != len(steps):
             return f"{len(result.steps)} corrected steps for a trajectory of {len(steps)}"
-        index = SecretIndex.build(privileged)
         leak_free = must_be_leak_free(level)
+        secrets = TrajectorySecrets(SecretIndex.build(privileged), trajectory, deadline.check) if leak_free else None
         for t, (corrected, step) in enumerate(zip(result.steps, steps)):
+            deadline.check("checking the correction")
             problem = legality_error(corrected.action, list(step.candidates))
             if problem:
                 return f"step {t}: {problem}"
-            if leak_free:
-                leaks = find_leaks(corrected.reason, index, observations_up_to(trajectory, t),
-                                   actions_up_to(trajectory, t))
+            if secrets is not None:
+                leaks = secrets.leaks(corrected.reason, t)
                 if leaks:
                     return f"step {t}: the reason leaks {leaks[0].describe()}"
-        if leak_free:
-            leaks = find_leaks(result.summary, index, observations_all(trajectory),
-                                   actions_up_to(trajectory, len(steps)))
+        if secrets is not None:
+            leaks = secrets.leaks(result.summary, len(steps))
             if leaks:
                 return f"the summary leaks {leaks[0].describe()}"
         return ""
 
     @staticmethod
-    def _check_annotation(result: AnnotationResult, demonstration, privileged) -> str:
+    def _check_annotation(result: AnnotationResult, demonstration, privileged,
+                          deadline: Deadline = NO_DEADLINE) -> str:
         if len(result.reasons) != len(demonstration.steps):
             return f"{len(result.reasons)} reasons for a demonstration of {len(demonstration.steps)} steps"
-        index = SecretIndex.build(privileged)
+        secrets = TrajectorySecrets(SecretIndex.build(privileged), demonstration, deadline.check)
         for t, reason in enumerate(result.reasons):
-            leaks = find_leaks(reason, index, observations_up_to(demonstration, t),
-                                   actions_up_to(demonstration, t))
+            deadline.check("checking the annotation")
+            leaks = secrets.leaks(reason, t)
             if leaks:
                 return f"step {t}: the reason leaks {leaks[0].describe()}"
         return ""

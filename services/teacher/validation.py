@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 
 from services.teacher.actions import legality_error, match_candidate, same_action
-from services.teacher.leak import SecretIndex, actions_up_to, find_leaks, observations_all, observations_up_to
+from services.teacher.leak import SecretIndex, TrajectorySecrets
 from services.teacher.types import CorrectedStep
 
 MAX_ERRORS_REPORTED = 8
@@ -167,8 +167,11 @@ def _indexed_steps(obj: dict, n: int, errors: list[str], want_action: bool) -> d
     return by_t
 
 
-def validate_correction(obj: dict, trajectory, index: SecretIndex, *, leak_free: bool) -> Validated:
-    """Check a parsed correction {"summary", "steps": [{"t", "reason", "action"}]} of `trajectory`."""
+def validate_correction(obj: dict, trajectory, index: SecretIndex, *, leak_free: bool,
+                        secrets: TrajectorySecrets | None = None) -> Validated:
+    """Check a parsed correction {"summary", "steps": [{"t", "reason", "action"}]} of `trajectory`.
+
+    `secrets`: the trajectory's TrajectorySecrets, built once for all the attempts of one job."""
     result = Validated()
     errors = result.errors
     steps = list(trajectory.steps)
@@ -182,6 +185,8 @@ def validate_correction(obj: dict, trajectory, index: SecretIndex, *, leak_free:
     by_t = _indexed_steps(obj, len(steps), errors, want_action=True)
     if errors:
         return result
+    if leak_free and secrets is None:
+        secrets = TrajectorySecrets(index, trajectory)
     for t, step in enumerate(steps):
         item = by_t[t]
         action = item["action"].strip()
@@ -193,12 +198,11 @@ def validate_correction(obj: dict, trajectory, index: SecretIndex, *, leak_free:
             action = match_candidate(action, list(step.candidates)) or action
         reason = item["reason"].strip()
         if leak_free:
-            seen, said = observations_up_to(trajectory, t), actions_up_to(trajectory, t)
-            for leak in find_leaks(reason, index, seen, said):
+            for leak in secrets.leaks(reason, t):
                 errors.append(f"t={t}: the reason reveals {leak.secret!r}, which the student has not observed; "
                               "explain with general knowledge instead")
             if not step.candidates:  # a free-form action (a shell command) can write a hidden value itself
-                for leak in find_leaks(action, index, seen, said):
+                for leak in secrets.leaks(action, t):
                     if not index.is_place(leak.secret):
                         errors.append(f"t={t}: the action writes {leak.secret!r}, a hidden value the student has "
                                       "not observed; correct with a command that finds it")
@@ -207,8 +211,7 @@ def validate_correction(obj: dict, trajectory, index: SecretIndex, *, leak_free:
             original_action=step.action, original_reason=step.reason, source="llm",
         ))
     if leak_free:
-        for leak in find_leaks(summary, index, observations_all(trajectory),
-                                   actions_up_to(trajectory, len(steps))):
+        for leak in secrets.leaks(summary, len(steps)):
             errors.append(f"the summary reveals {leak.secret!r}, which the student never observed")
     result.summary = summary.strip()
     if errors:
@@ -216,17 +219,18 @@ def validate_correction(obj: dict, trajectory, index: SecretIndex, *, leak_free:
     return result
 
 
-def validate_annotation(obj: dict, demonstration, index: SecretIndex) -> Validated:
+def validate_annotation(obj: dict, demonstration, index: SecretIndex,
+                        secrets: TrajectorySecrets | None = None) -> Validated:
     """Check a parsed annotation {"steps": [{"t", "reason"}]} of an expert demonstration."""
     result = Validated()
     steps = list(demonstration.steps)
     by_t = _indexed_steps(obj, len(steps), result.errors, want_action=False)
     if result.errors:
         return result
+    secrets = secrets or TrajectorySecrets(index, demonstration)
     for t in range(len(steps)):
         reason = by_t[t]["reason"].strip()
-        for leak in find_leaks(reason, index, observations_up_to(demonstration, t),
-                                   actions_up_to(demonstration, t)):
+        for leak in secrets.leaks(reason, t):
             result.errors.append(f"t={t}: the reason reveals {leak.secret!r}, which has not been observed yet")
         result.reasons.append(reason)
     if result.errors:

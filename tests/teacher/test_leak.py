@@ -160,3 +160,51 @@ def test_an_essential_object_is_never_a_place_even_when_listed_as_one():
     state = env_pb.PrivilegedState(secrets=["box", "box is on the shelf"], facts=["box is on the shelf"],
                                    critical_locations=["box"], essential_objects=["box"])
     assert not SecretIndex.build(state).is_place("box")
+
+
+def test_trajectory_secrets_agree_with_the_plain_check_in_one_pass():
+    """TrajectorySecrets finds, once, the step at which each secret stops being news; its answers are
+    those of find_leaks over the observations and actions up to each step, and it reads each secret
+    against each observation at most once (the plain check, per step, was quadratic in the episode)."""
+    from leap.v1 import common_pb2
+    from services.teacher.leak import (TrajectorySecrets, actions_up_to, find_leaks, observations_all,
+                                       observations_up_to)
+
+    observations = ["You are in the middle of a room. You see a cabinet 3 and a fridge 1.",
+                    "You arrive at cabinet 3. The cabinet 3 is closed.", "You open the cabinet 3. In it, you see "
+                    "a apple 1.", "You arrive at fridge 1.", "You pick up the apple 1 from the cabinet 3."]
+    actions = ["go to cabinet 3", "open cabinet 3", "go to fridge 1", "take apple 1 from cabinet 3", "look"]
+    steps = [common_pb2.Step(index=t, observation=o, action=a) for t, (o, a) in enumerate(zip(observations, actions))]
+    steps[-1].next_observation = "You are carrying: apple 1."
+    trajectory = common_pb2.Trajectory(steps=steps)
+    index = SecretIndex.build(STATE)
+    texts = ["The apple 1 is in cabinet 3.", "Go to cabinet 3: the apple is inside.", "Apples are kept cold.",
+             "The butterknife 2 is on countertop 2.",
+             '"take apple 1 from cabinet 3" had no effect.', "I saw apple 1 earlier."]
+    secrets = TrajectorySecrets(index, trajectory)
+    for t in range(len(steps)):
+        for text in texts:
+            plain = find_leaks(text, index, observations_up_to(trajectory, t), actions_up_to(trajectory, t))
+            assert secrets.leaks(text, t) == plain, (t, text)
+    for text in texts:
+        plain = find_leaks(text, index, observations_all(trajectory), actions_up_to(trajectory, len(steps)))
+        assert secrets.leaks(text, len(steps)) == plain, text
+    # Not vacuous: cabinet 3 is news until the student opened it; countertop 2 stays hidden throughout.
+    assert secrets.hidden_at(0) == ["cabinet 3", "countertop 2"] and secrets.hidden_at(len(steps)) == ["countertop 2"]
+
+    calls = []
+    original = SecretIndex.observed
+
+    def counting(self, secret, texts, **kwargs):
+        texts = list(texts)
+        calls.append(len(texts))
+        return original(self, secret, texts, **kwargs)
+
+    SecretIndex.observed = counting
+    try:
+        long = common_pb2.Trajectory(steps=[common_pb2.Step(index=t, observation=f"You see a bowl {t}.", action="look")
+                                            for t in range(60)])
+        TrajectorySecrets(index, long).leaks("The apple 1 is in cabinet 3.", 59)
+    finally:
+        SecretIndex.observed = original
+    assert sum(calls) <= len(index.secrets) * 61, sum(calls)

@@ -22,7 +22,7 @@ from typing import Callable
 from services.teacher import profiles, templates
 from services.teacher.backends.base import AnnotationJob, BackendSpec, CorrectionJob
 from services.teacher.backends.chat import ChatModel, ChatRejected
-from services.teacher.leak import SecretIndex
+from services.teacher.leak import SecretIndex, TrajectorySecrets
 from services.teacher.levels import must_be_leak_free
 from services.teacher.privileged import PrivilegedSource
 from services.teacher.types import AnnotationResult, CorrectionResult, Usage
@@ -181,11 +181,12 @@ class LlmTeacher:
     def correct(self, job: CorrectionJob, source: PrivilegedSource) -> CorrectionResult:
         index = SecretIndex.build(job.privileged)
         leak_free = must_be_leak_free(job.level)
+        secrets = TrajectorySecrets(index, job.trajectory, job.deadline.check) if leak_free else None
         temperature = job.temperature if job.temperature > 0 else self.settings.default_temperature
         retries = job.max_retries if job.max_retries > 0 else self.settings.default_max_retries
         validated, error, usage, attempts = self._ask_until_valid(
             self.correction_messages(job),
-            lambda obj: validate_correction(obj, job.trajectory, index, leak_free=leak_free),
+            lambda obj: validate_correction(obj, job.trajectory, index, leak_free=leak_free, secrets=secrets),
             max_retries=retries, temperature=temperature, deadline=job.deadline, what="the LLM correction",
         )
         if validated is None:
@@ -197,10 +198,11 @@ class LlmTeacher:
 
     def annotate(self, job: AnnotationJob, source: PrivilegedSource) -> AnnotationResult:
         index = SecretIndex.build(job.privileged)
+        secrets = TrajectorySecrets(index, job.demonstration, job.deadline.check)
         retries = job.max_retries if job.max_retries > 0 else self.settings.default_max_retries
         validated, error, usage, attempts = self._ask_until_valid(
             self.annotation_messages(job),
-            lambda obj: validate_annotation(obj, job.demonstration, index),
+            lambda obj: validate_annotation(obj, job.demonstration, index, secrets),
             max_retries=retries, temperature=self.settings.default_temperature, deadline=job.deadline,
             what="the LLM annotation",
         )
