@@ -274,6 +274,20 @@ def leaked_secrets(text: str, state: PrivilegedFacts, observations: Sequence[str
     return [leak.secret for leak in find_leaks(text, state, observations, said)]
 
 
+HIDDEN_MARK = "[hidden]"
+
+
+def redact(text: str, privileged: PrivilegedFacts) -> str:
+    """`text` with every secret and privileged fact replaced by HIDDEN_MARK (longest first), for messages
+    that leave the teacher (a refused correction names the secret its reason leaked)."""
+    terms = sorted({normalize_text(t) for t in [*privileged.secrets, *privileged.facts] if t and t.strip()},
+                   key=len, reverse=True)
+    for term in terms:
+        text = re.sub(r"(?<![\w])" + re.escape(term).replace(r"\ ", r"\s+") + r"(?![\w])", HIDDEN_MARK, text,
+                      flags=re.IGNORECASE)
+    return text
+
+
 class TrajectorySecrets:
     """When each secret of `index` stops being news to the student of one trajectory, found in one pass:
     the step whose observation first shows it or whose action first names it (len(steps) when only the

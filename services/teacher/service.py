@@ -23,7 +23,7 @@ from services.runtime.errors import InvalidArgument, ServiceError
 from services.runtime.messages import check_id
 from services.teacher.actions import legality_error
 from services.teacher.backends.base import AnnotationJob, CorrectionJob, TeacherBackend
-from services.teacher.leak import SecretIndex, TrajectorySecrets
+from services.teacher.leak import SecretIndex, TrajectorySecrets, redact
 from services.teacher.levels import LEVELS, check_level, must_be_leak_free
 from services.runtime.experts import EXPERT_KINDS
 from services.teacher.privileged import PrivilegedSource
@@ -120,6 +120,10 @@ class TeacherService:
                                                        "level": level, "problem": problem})
                 result = CorrectionResult.failure(self.backend.name, level, f"correction refused: {problem}",
                                                   usage=result.usage, attempts=result.attempts)
+        if not result.ok:  # the message leaves the teacher: it names no secret (the server's log does)
+            if result.error:
+                log.info("correction failed", extra={"task": trajectory.task.task_id, "error": result.error[:2000]})
+            result.error = redact(result.error, privileged)
         self._account(result.usage)
         CORRECTIONS.labels(self.backend.name, str(level), "ok" if result.ok else "failed").inc()
         return result
@@ -139,6 +143,8 @@ class TeacherService:
                                                        "task": demonstration.task.task_id, "problem": problem})
                 result = AnnotationResult(ok=False, error=f"annotation refused: {problem}", usage=result.usage,
                                           attempts=result.attempts)
+        if not result.ok:
+            result.error = redact(result.error, privileged)
         self._account(result.usage)
         ANNOTATIONS.labels(self.backend.name, "ok" if result.ok else "failed").inc()
         return result

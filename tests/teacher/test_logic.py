@@ -239,7 +239,9 @@ def test_oracle_with_scripted_experts_and_the_final_leak_check():
     # ... and refused if it ever came out of a realizable expert.
     leaky = FakeSource(experts={"prior_searcher": ("go to fridge 1", "The apple 1 is in fridge 1.")})
     refused = TeacherService(OracleTeacher(), leaky).correct(small_trajectory(), level=50)
-    assert not refused.ok and "correction refused: step 0: the reason leaks 'fridge 1'" in refused.error
+    # The refusal says which step leaked, never the secret itself (the message leaves the teacher).
+    assert not refused.ok and "correction refused: step 0: the reason leaks '[hidden]'" in refused.error
+    assert "fridge" not in refused.error.lower()
 
 
 @pytest.mark.parametrize("level", LEVELS)
