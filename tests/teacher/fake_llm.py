@@ -16,9 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeChatServer:
-    def __init__(self, script, model: str = "fake-teacher"):
+    def __init__(self, script, model: str = "fake-teacher", delay_s: float = 0.0):
         self.script = list(script)
         self.model = model
+        self.delay_s = delay_s
         self.requests: list[dict] = []
         self._lock = threading.Lock()
         server = self
@@ -49,6 +50,8 @@ class FakeChatServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": "not found"})
                     return
+                if server.delay_s:
+                    time.sleep(server.delay_s)  # a slow model
                 with server._lock:
                     server.requests.append(request)
                     entry = server.script.pop(0) if len(server.script) > 1 else server.script[0]

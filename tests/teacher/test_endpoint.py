@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.runtime.errors import Unavailable
+from services.runtime.errors import DeadlineExceeded, Unavailable
 from services.teacher.backends.chat import EndpointChatModel
 from services.teacher.backends.llm import LlmSettings, LlmTeacher, Pricing
 from services.teacher.service import TeacherService
@@ -61,3 +61,16 @@ def test_overloaded_or_unreachable_endpoint_is_unavailable():
         port = s.port
     with pytest.raises(Unavailable, match=f"127.0.0.1:{port} is unreachable"):
         service_for(f"http://127.0.0.1:{port}", model="m").correct(small_trajectory(), level=50)
+
+
+def test_the_callers_deadline_bounds_the_http_call():
+    """A slow model must not hold a teacher thread past the caller's deadline (the endpoint's own
+    timeout, 10 s here, is far longer): the call ends when the deadline does."""
+    import time
+
+    with FakeChatServer([VALID], delay_s=3.0) as server:
+        chat = EndpointChatModel(server.url, model="m", timeout_s=10)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="did not answer within 0.5s"):
+            chat.complete([{"role": "user", "content": "hi"}], max_tokens=8, temperature=0.0, timeout_s=0.5)
+        assert time.monotonic() - started < 2.5

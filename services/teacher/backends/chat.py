@@ -66,7 +66,8 @@ class EndpointChatModel:
         self._model = model or None
         self._timeout_s = timeout_s
         self._discovered = bool(model)
-        self._client = InferenceClient(base_url=self.base_url, api_key=api_key or None, timeout=timeout_s)
+        self._api_key = api_key or None
+        self._client = InferenceClient(base_url=self.base_url, api_key=self._api_key, timeout=timeout_s)
 
     @property
     def model_id(self) -> str:
@@ -100,8 +101,17 @@ class EndpointChatModel:
         kwargs = {"max_tokens": max_tokens, "temperature": max(0.0, float(temperature))}
         if self._model:
             kwargs["model"] = self._model
+        # The caller's deadline bounds the call (a thread held past it serves nobody): a client of that
+        # timeout for this call when it is shorter than the endpoint's.
+        limit = self._timeout_s
+        client = self._client
+        if timeout_s is not None and 0 < timeout_s < self._timeout_s:
+            from huggingface_hub import InferenceClient
+
+            limit = timeout_s
+            client = InferenceClient(base_url=self.base_url, api_key=self._api_key, timeout=timeout_s)
         try:
-            out = self._client.chat_completion(messages, **kwargs)
+            out = client.chat_completion(messages, **kwargs)
         except HfHubHTTPError as exc:
             status = getattr(getattr(exc, "response", None), "status_code", None)
             body = getattr(getattr(exc, "response", None), "text", "") or ""
@@ -113,7 +123,7 @@ class EndpointChatModel:
             kind = " ".join(c.__name__ for c in type(exc).__mro__).lower()
             if "timeout" in kind:
                 raise DeadlineExceeded(f"the LLM endpoint {self.base_url} did not answer within "
-                                       f"{self._timeout_s:.0f}s") from None
+                                       f"{limit:.1f}s") from None
             if any(word in kind for word in ("connect", "network", "transport", "request")):
                 raise Unavailable(f"the LLM endpoint {self.base_url} is unreachable: {exc}") from None
             raise
