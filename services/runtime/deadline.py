@@ -7,6 +7,8 @@ units of work and stops with DEADLINE_EXCEEDED instead of computing answers nobo
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from services.runtime.errors import DeadlineExceeded
@@ -41,3 +43,23 @@ class Deadline:
 
 
 NO_DEADLINE = Deadline(None)
+
+
+#: The deadline of the RPC the current thread serves (the servers' interceptor sets it for every call),
+#: for long loops deep in a backend that no Deadline argument reaches (replays, game generation).
+_CURRENT: ContextVar[Deadline] = ContextVar("leap_current_deadline", default=NO_DEADLINE)
+
+
+def current_deadline() -> Deadline:
+    """The deadline of the call being served here (NO_DEADLINE outside any call, or without one)."""
+    return _CURRENT.get()
+
+
+@contextmanager
+def serving_until(deadline: Deadline):
+    """Make `deadline` the current one while the block runs (the interceptor wraps each handler)."""
+    token = _CURRENT.set(deadline)
+    try:
+        yield deadline
+    finally:
+        _CURRENT.reset(token)

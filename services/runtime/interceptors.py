@@ -23,6 +23,7 @@ import uuid
 
 import grpc
 
+from services.runtime.deadline import Deadline, serving_until
 from services.runtime.errors import ServiceError, cap_details
 from services.runtime.messages import parse_stream, request_parser
 from services.runtime.metrics import RPC_IN_FLIGHT, RPC_LATENCY, RPC_REQUESTS
@@ -143,7 +144,8 @@ class ErrorAndMetricsInterceptor(grpc.ServerInterceptor):
                 call = _Call(method, context)
                 call.check_deadline()
                 try:
-                    return behavior(parsed(request_or_iterator), context)
+                    with serving_until(Deadline.from_context(context)):
+                        return behavior(parsed(request_or_iterator), context)
                 except BaseException as exc:  # noqa: BLE001 - translated into a status
                     call.fail(exc)
                 finally:

@@ -312,3 +312,21 @@ def test_no_privileged_service_without_a_token(backend):
         assert srv.privileged_port is None
     finally:
         srv.stop(grace=0)
+
+
+def test_a_privileged_replay_stops_at_its_deadline_and_frees_the_replays(env, oracle):
+    """A history of thousands of moves replays for minutes, under the lock every privileged call of the
+    backend shares: past the caller's deadline it stops (what it reached stays cached), so the next
+    call, on another task, is served at once."""
+    import time
+
+    tasks = [t.task.task_id for t in env.list_tasks("alfworld", "train")]
+    reset = env.reset("alfworld", task_id=tasks[0])
+    moves = [c for c in reset.observation.candidates if c.startswith("go to")][:2]
+    env.close_session(reset.session_id)
+    history = [moves[i % 2] for i in range(3000)]
+    started = time.monotonic()
+    code, _ = code_of(oracle.privileged_state, task_ref("alfworld", tasks[0]), history, timeout_s=1.0)
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+    state = oracle.privileged_state(task_ref("alfworld", tasks[1]), timeout_s=60)
+    assert state.optimal_actions and time.monotonic() - started < 20  # not the whole replay's minutes

@@ -47,6 +47,7 @@ from services.environment.backends.options import (
     config_or_options,
     integer_or_text,
 )
+from services.runtime.deadline import current_deadline
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, quote
 from services.runtime.files import atomic_directory
 
@@ -321,7 +322,9 @@ class AlfworldBackend(base.Backend):
         done = replay.actions
         if replay.frame is None or len(done) > len(actions) or list(actions[:len(done)]) != done:
             self.guard(game, replay.restart)
+        deadline = current_deadline()
         for action in actions[len(replay.actions):]:
+            deadline.check("replaying the history")  # the replay keeps what it reached; others wait on the lock
             self.guard(game, replay.advance, action)
         return replay
 

@@ -43,6 +43,7 @@ from services.environment.backends.options import (
     integer_or_text,
 )
 from services.environment.backends.textworld import games as twg
+from services.runtime.deadline import current_deadline
 from services.runtime.errors import FailedPrecondition, InvalidArgument, NotFound, quote
 
 log = logging.getLogger("leap.environment.textworld")
@@ -458,7 +459,14 @@ class TextWorldBackend(base.Backend):
     def list_tasks(self, split: str, offset: int, limit: int) -> list[base.TaskSummary]:
         size = self._check_split(split)
         start = max(0, offset)
-        return [self.summary(self._game(split, i)) for i in range(start, min(size, start + max(0, limit)))]
+        deadline = current_deadline()
+        summaries = []
+        for i in range(start, min(size, start + max(0, limit))):
+            # A game not generated yet takes seconds under the process-wide TextWorld lock: stop when the
+            # caller has given up (the games made so far stay on disk for the next call).
+            deadline.check(f"generating the games of {split}")
+            summaries.append(self.summary(self._game(split, i)))
+        return summaries
 
     @staticmethod
     def _engine(record: twg.GameRecord, privileged: bool) -> Engine:
@@ -487,7 +495,9 @@ class TextWorldBackend(base.Backend):
         done = replay.actions
         if replay.engine.frame is None or len(done) > len(actions) or list(actions[:len(done)]) != done:
             replay.restart()
+        deadline = current_deadline()
         for action in actions[len(replay.actions):]:
+            deadline.check("replaying the history")  # the replay keeps what it reached; others wait on the lock
             replay.advance(action)
         return replay
 
