@@ -29,6 +29,7 @@ fridge 1" tells it nothing new about "apple 2") but never reveal a place, and qu
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -69,17 +70,33 @@ class Leak:
         return f"{self.secret!r} revealed by {self.rule}: {self.sentence!r}"
 
 
+#: Letters of other scripts that read as Latin ones (the few a model could use to spell a name past a
+#: plain comparison): mapped before comparing.
+_LOOK_ALIKES = str.maketrans("аеіјорсхуԁһӏ", "aeijopcxydhl")
+
+
 def normalize_text(text: str) -> str:
-    """Lowercase, straight quotes, single spaces: the form every comparison uses."""
-    text = text.lower().replace("\u2019", "'").replace("\u2018", "'")
+    """The form every comparison uses: compatibility-normalised (full-width and other variant characters
+    as their plain forms), without format characters (zero-width spaces, soft hyphens) or combining marks,
+    look-alike letters of other scripts as Latin ones, lowercase, straight quotes, single spaces."""
+    text = unicodedata.normalize("NFKD", text)
+    text = "".join(ch for ch in text if unicodedata.category(ch) not in ("Cf", "Mn"))
+    text = unicodedata.normalize("NFKC", text).lower().translate(_LOOK_ALIKES)
+    text = text.replace("\u2019", "'").replace("\u2018", "'")
     return re.sub(r"\s+", " ", text).strip()
 
 
 def _contains(haystack: str, needle: str) -> bool:
-    """Whole-word, case-insensitive containment (both already normalized)."""
+    """Whole-word, case-insensitive containment (both already normalized). A space of the needle also
+    matches a hyphen, an underscore, a number sign or nothing before a digit ("fridge 1" in "fridge-1",
+    "fridge_1", "fridge #1", "fridge1")."""
     if not needle:
         return False
-    return re.search(r"(?<![\w])" + re.escape(needle) + r"(?![\w])", haystack) is not None
+    parts = [re.escape(part) for part in needle.split(" ")]
+    pattern = parts[0]
+    for part in parts[1:]:
+        pattern += (r"(?:[\s_#-]*)" if part[:1].isdigit() else r"[\s_#-]+") + part
+    return re.search(r"(?<![\w])" + pattern + r"(?![\w])", haystack) is not None
 
 
 def entities_in(text: str) -> list[str]:

@@ -208,3 +208,18 @@ def test_trajectory_secrets_agree_with_the_plain_check_in_one_pass():
     finally:
         SecretIndex.observed = original
     assert sum(calls) <= len(index.secrets) * 61, sum(calls)
+
+
+@pytest.mark.parametrize("spelling", [
+    "fridge1", "fridge-1", "fridge_1", "fridge #1", "fridge \u200b1", "fridge \uff11", "fr\u0456dge 1", "fridge 1\u0301",
+    "FRIDGE 1", "fri\u00addge 1",
+])
+def test_a_hidden_place_is_caught_however_it_is_spelled(spelling):
+    """Separators, zero-width and soft-hyphen characters, full-width digits, combining marks and
+    look-alike letters of other scripts do not hide a place from the check."""
+    state = env_pb.PrivilegedState(facts=["apple 1 is in fridge 1"], secrets=["fridge 1"],
+                                   essential_objects=["apple 1"], critical_locations=["fridge 1"])
+    seen = ["You are in the middle of a kitchen. You see a cabinet 1, a fridge 1, a diningtable 1."]
+    assert leaked_secrets(f"The apple is in {spelling}.", state, seen) == ["fridge 1"], spelling
+    # ... and "fridge 1" still never matches another fridge.
+    assert leaked_secrets("The apple is in fridge 11.", state, seen) == []
