@@ -622,6 +622,16 @@ def test_a_run_never_evaluates_another_runs_adapter_under_the_same_version_name(
     make_run(tmp_path / "a", FakeStubs(FakeTrainer(), student)).run()
 
 
+def outputs_with_teacher(tmp_path, teacher, phase: str) -> dict:
+    """The outputs of `phase` in a whole run whose teacher is `teacher`."""
+    stubs = FakeStubs(FakeTrainer(), FakeStudent())
+    stubs.teacher = teacher
+    run_dir = tmp_path / "run"
+    make_run(run_dir, stubs).run()
+    state = json.loads((run_dir / "state.json").read_text())
+    return next(p["outputs"] for p in state["phases"] if p["name"] == phase)
+
+
 def test_a_trajectory_the_teacher_could_not_be_asked_about_is_named_not_lost(tmp_path):
     class OneCallFails(FakeTeacher):
         def Correct(self, request, timeout=None):
@@ -629,12 +639,7 @@ def test_a_trajectory_the_teacher_could_not_be_asked_about_is_named_not_lost(tmp
                 raise RpcFailure(grpc.StatusCode.INVALID_ARGUMENT, "the trajectory has more steps than --max-steps")
             return super().Correct(request, timeout)
 
-    stubs = FakeStubs(FakeTrainer(), FakeStudent())
-    stubs.teacher = OneCallFails()
-    run_dir = tmp_path / "run"
-    make_run(run_dir, stubs).run()
-    state = json.loads((run_dir / "state.json").read_text())
-    correct = next(p["outputs"] for p in state["phases"] if p["name"] == "iter1.correct")
+    correct = outputs_with_teacher(tmp_path, OneCallFails(), "iter1.correct")
     assert correct["teacher_errors"] == 1
     assert correct["teacher_error_examples"] == [
         {"task_id": "train-11", "error": "INVALID_ARGUMENT: the trajectory has more steps than --max-steps"}]
@@ -647,11 +652,6 @@ def test_demonstrations_that_could_not_be_made_are_counted_and_named(tmp_path):
                 raise RpcFailure(grpc.StatusCode.RESOURCE_EXHAUSTED, "no sandbox could be started; retry later")
             return super().Demonstrate(request, timeout)
 
-    stubs = FakeStubs(FakeTrainer(), FakeStudent())
-    stubs.teacher = OneDemoFails()
-    run_dir = tmp_path / "run"
-    make_run(run_dir, stubs).run()
-    state = json.loads((run_dir / "state.json").read_text())
-    demos = next(p["outputs"] for p in state["phases"] if p["name"] == "iter0.demos")
+    demos = outputs_with_teacher(tmp_path, OneDemoFails(), "iter0.demos")
     assert demos["errors"] == 1 and demos["demonstrations"] == demos["tasks"] - 1 and demos["lost"] == 0
     assert demos["error_examples"][0]["task_id"] == "train-1"
