@@ -158,7 +158,8 @@ class ErrorAndMetricsInterceptor(grpc.ServerInterceptor):
                 call = _Call(method, context)
                 call.check_deadline()
                 try:
-                    yield from behavior(parsed(request_or_iterator), context)
+                    with serving_until(Deadline.from_context(context)):
+                        yield from behavior(parsed(request_or_iterator), context)
                 except BaseException as exc:  # noqa: BLE001
                     if isinstance(exc, GeneratorExit):  # grpc closed the stream: the client cancelled it
                         call.code = grpc.StatusCode.CANCELLED

@@ -77,10 +77,13 @@ class Registration:
 
 #: Built-in long calls of every server: a health Watch or a reflection stream stays open (and holds its
 #: thread) for as long as the client keeps it open.
+HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 BUILTIN_LONG_CALLS = {
-    "/grpc.health.v1.Health/Watch": 8,
+    HEALTH_WATCH: 8,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": 4,
 }
+#: A long method holds at most this many times its pool's threads in calls (running or waiting).
+LONG_CALL_QUEUE_FACTOR = 2
 
 
 class _LongCallPools(grpc.ServerInterceptor):
@@ -98,31 +101,64 @@ class _LongCallPools(grpc.ServerInterceptor):
                                                thread_name_prefix=f"{label}-{method.rsplit('/', 1)[-1]}")
             for method, size in sizes.items()
         }
+        #: Calls a method may hold at once, running or waiting for a thread of its pool: beyond, a call is
+        #: refused at once. Waiting calls count against the server's --max-concurrent-rpcs too, so without
+        #: this bound idle health Watch streams (no credentials needed) could fill it and fail the
+        #: kubelet's probes with RESOURCE_EXHAUSTED.
+        self.limits = {method: LONG_CALL_QUEUE_FACTOR * size for method, size in sizes.items()}
+        self._open = {method: 0 for method in sizes}
+        self._lock = threading.Lock()
+
+    def _admit(self, method: str) -> bool:
+        with self._lock:
+            if self._open[method] >= self.limits[method]:
+                return False
+            self._open[method] += 1
+            return True
+
+    def _release(self, method: str) -> None:
+        with self._lock:
+            self._open[method] -= 1
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
-        pool = self.pools.get(handler_call_details.method)
+        method = handler_call_details.method
+        pool = self.pools.get(method)
         if handler is None or pool is None:
             return handler
         kind = next(name for name in ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
                     if getattr(handler, name))
         behavior = getattr(handler, kind)
-
-        if kind in ("unary_stream", "stream_stream"):
-            def run(request_or_iterator, context):
-                if context.is_active():
-                    yield from behavior(request_or_iterator, context)
-        else:
-            def run(request_or_iterator, context):
-                if not context.is_active():
-                    context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call before it started")
-                return behavior(request_or_iterator, context)
-
-        run.experimental_thread_pool = pool
         factory = {"unary_unary": grpc.unary_unary_rpc_method_handler,
                    "unary_stream": grpc.unary_stream_rpc_method_handler,
                    "stream_unary": grpc.stream_unary_rpc_method_handler,
                    "stream_stream": grpc.stream_stream_rpc_method_handler}[kind]
+        if not self._admit(method):
+            limit = self.limits[method]
+
+            def refuse(request_or_iterator, context):  # on the server's own threads, at once
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              f"{method} already has {limit} calls open on this server; close some and retry")
+
+            return factory(refuse, handler.request_deserializer, handler.response_serializer)
+
+        if kind in ("unary_stream", "stream_stream"):
+            def run(request_or_iterator, context):
+                try:
+                    if context.is_active():
+                        yield from behavior(request_or_iterator, context)
+                finally:
+                    self._release(method)
+        else:
+            def run(request_or_iterator, context):
+                try:
+                    if not context.is_active():
+                        context.abort(grpc.StatusCode.CANCELLED, "the client cancelled the call before it started")
+                    return behavior(request_or_iterator, context)
+                finally:
+                    self._release(method)
+
+        run.experimental_thread_pool = pool
         return factory(run, handler.request_deserializer, handler.response_serializer)
 
     def shutdown(self) -> None:
@@ -213,8 +249,12 @@ class ServiceHost:
         cannot speak TLS. It shares the health servicer, so it reports exactly what the main port does,
         and serves nothing else."""
         _check_bindable(self.config.host, self.config.health_port)
+        # Watch streams get a pool of their own here too (bounded like the main port's): idle ones must
+        # never hold the threads the kubelet's Check needs.
+        self._health_long_calls = _LongCallPools({HEALTH_WATCH: 2}, f"{self.label}-health")
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"{self.label}-health"),
-                             interceptors=[ErrorAndMetricsInterceptor()], options=[("grpc.so_reuseport", 0)])
+                             interceptors=[self._health_long_calls, ErrorAndMetricsInterceptor()],
+                             options=[("grpc.so_reuseport", 0)])
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         host = self.config.address.rpartition(":")[0]
         try:
@@ -250,6 +290,7 @@ class ServiceHost:
         self.server.stop(grace).wait()
         if self._health_server is not None:
             self._health_server.stop(0).wait()
+            self._health_long_calls.shutdown()
         self._long_calls.shutdown()
         for hook in self._on_shutdown:
             try:
@@ -286,7 +327,17 @@ def serve_forever(config: ServerConfig, registrations: list[Registration], *,
     configure_client_tls(config.client_tls())  # this service's own calls to other services
     host = ServiceHost(config, registrations, label=label, on_shutdown=on_shutdown)
     host.start()
+    failed = threading.Event()
+
+    def start_up() -> None:
+        try:
+            on_start(host)
+        except BaseException:  # noqa: BLE001 - a server that cannot start must not linger NOT_SERVING
+            log.exception("start-up failed; the server stops")
+            failed.set()
+            host.stop(grace=0)
+
     if on_start is not None:
-        threading.Thread(target=on_start, args=(host,), daemon=True, name=f"{label}-startup").start()
+        threading.Thread(target=start_up, daemon=True, name=f"{label}-startup").start()
     host.wait()
-    return 0
+    return 1 if failed.is_set() else 0

@@ -50,8 +50,13 @@ def _sigterm_from_a_worker_thread(delay_s: float) -> None:
     signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
 
 
+def _failing_start_up(host) -> None:
+    raise RuntimeError("model weights not found")
+
+
 if __name__ == "__main__":
     if sys.argv[2:] == ["sigterm-from-a-worker-thread"]:
         threading.Thread(target=_sigterm_from_a_worker_thread, args=(1.0,), daemon=True).start()
-    serve_forever(ServerConfig(port=0, port_file=sys.argv[1], grace_seconds=10.0, log_format="text"),
-                  registrations(), label="demo")
+    start_up = _failing_start_up if sys.argv[2:] == ["failing-start-up"] else None
+    sys.exit(serve_forever(ServerConfig(port=0, port_file=sys.argv[1], grace_seconds=10.0, log_format="text"),
+                           registrations(), label="demo", on_start=start_up))

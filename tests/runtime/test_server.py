@@ -146,3 +146,45 @@ def test_sigterm_received_by_a_worker_thread_still_stops_the_server(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_idle_watch_streams_cannot_fill_the_server_or_starve_its_probes(tmp_path):
+    """A health Watch stream needs no credentials and stays open while its client wants. Each method
+    holds at most twice its pool's threads in calls (running or waiting); beyond, a stream is refused
+    with RESOURCE_EXHAUSTED at once, so idle streams never fill --max-concurrent-rpcs, and Check (the
+    kubelet's probe) answers on the main port and on the plaintext --health-port."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        health_port = probe.getsockname()[1]
+    host = demo_service.start_in_process(max_concurrent_rpcs=40, health_port=health_port)
+    try:
+        for port, limit in ((host.port, 16), (host.health_port, 4)):
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stub = health_pb2_grpc.HealthStub(ch)
+                watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=30) for _ in range(limit + 8)]
+                refused = []
+                deadline = time.time() + 20
+                while len(refused) < 8 and time.time() < deadline:
+                    refused = [w for w in watches if w.done() and w.code() == grpc.StatusCode.RESOURCE_EXHAUSTED]
+                    time.sleep(0.05)
+                assert len(refused) == 8, (port, len(refused))
+                for _ in range(3):
+                    assert stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                        health_pb2.HealthCheckResponse.SERVING
+                for w in watches:
+                    w.cancel()
+    finally:
+        host.stop(grace=0)
+
+
+def test_a_server_whose_start_up_fails_stops_with_a_logged_error(tmp_path):
+    """on_start (loading a model) raising must not leave a process that answers NOT_SERVING forever:
+    the error is logged and the server stops with exit status 1."""
+    port_file = tmp_path / "port"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-m", "tests.runtime.demo_service", str(port_file), "failing-start-up"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "start-up failed; the server stops" in proc.stderr and "model weights not found" in proc.stderr
