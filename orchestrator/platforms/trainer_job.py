@@ -27,6 +27,11 @@ import time
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_REQUEST = 0, 1, 2
+EXIT_STOPPED = 128 + signal.SIGTERM  # stopped by SIGTERM (evicted, deleted): as a shell reports it
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived: the pod is going away."""
 TERMINATION_LOG = "/dev/termination-log"
 MESSAGE_LIMIT = 4000  # Kubernetes keeps at most 4096 bytes of a termination message
 
@@ -124,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
     def forward(signum, _frame):  # evicted or deleted: let the trainer stop cleanly, then go
         _say(f"signal {signum}: stopping the trainer service")
         proc.send_signal(signal.SIGTERM)
+        # Stop watching too (the trainer is going away; its watch would be reopened forever): once, so a
+        # second signal cannot break the cleanup below.
+        signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+        raise _Stopped()
 
     signal.signal(signal.SIGTERM, forward)
     job = None
@@ -163,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
              + (f" checkpoint {job.checkpoint.name}/{job.checkpoint.version}" if job.checkpoint.version else "")
              + (f" error: {job.error}" if job.error else ""))
         return code
+    except _Stopped:
+        error = "the pod was stopped (SIGTERM: evicted or deleted) while the job ran; resubmit"
+        _write_termination({"job_id": request.job_id, "state": "JOB_STATE_CANCELLED", "error": error}, termination)
+        return EXIT_STOPPED
     except Exception as exc:  # noqa: BLE001 - every failure ends as a readable termination message
         error = f"{type(exc).__name__}: {exc}"
         _say(error)

@@ -52,6 +52,11 @@ class FakeTrainer(pb_grpc.TrainerServiceServicer):
 
     def WatchJob(self, request, context):
         job = self.GetJob(request, context)
+        if job.spec.output_name == "slow":  # a training that runs until the pod is stopped
+            yield pb.JobProgress(job_id=job.job_id, state=pb.JOB_STATE_RUNNING, step=1, total_steps=1000, loss=1.0)
+            while context.is_active():
+                time.sleep(0.1)
+            return
         for step in (1, 2):
             yield pb.JobProgress(job_id=job.job_id, state=pb.JOB_STATE_RUNNING, step=step, total_steps=2, loss=1.0 / step)
         with self.lock:

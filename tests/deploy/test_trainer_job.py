@@ -70,3 +70,35 @@ def test_an_unreadable_request_exits_2(tmp_path):
     proc, message, _ = run_job(tmp_path, request_json='{"job_id": 3, "nope": true}')
     assert proc.returncode == EXIT_BAD_REQUEST
     assert "bad training request" in json.loads(message)["error"]
+
+
+def test_sigterm_stops_the_job_and_says_so(tmp_path):
+    """Evicted or deleted, the pod gets SIGTERM: the runner stops its trainer and exits at once (143)
+    with a CANCELLED termination message, instead of watching a dead trainer until the SIGKILL."""
+    import signal
+    import time
+
+    run_dir = tmp_path / "runs" / "r1"
+    request = trainer_pb2.StartJobRequest(job_id="r1-iter1-a1", output_name="slow", base_model="smollm2",
+                                          run_dir=str(run_dir), method=trainer_pb2.TRAINING_METHOD_SFT)
+    termination = tmp_path / "termination-log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LEAP_TRAINER_JOB_SERVE=f"{sys.executable} -m tests.deploy.fake_trainer")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator.platforms.trainer_job", "--request-json",
+                             json.dumps(json_format.MessageToDict(request, preserving_proto_field_name=True)),
+                             "--runs-dir", str(tmp_path / "runs"), "--termination-log", str(termination),
+                             "--startup-timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT, env=env)
+    try:
+        for line in proc.stdout:
+            if "step 1/1000" in line:
+                break
+        stopped_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        assert time.monotonic() - stopped_at < 15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    job = parse_result(termination.read_text())
+    assert job.state == trainer_pb2.JOB_STATE_CANCELLED and "SIGTERM" in job.error
